@@ -1,0 +1,94 @@
+"""Everything that differs between Keras backends, and nothing else.
+
+The backend is chosen by KERAS_BACKEND (default tensorflow), as Keras itself does. Nothing here imports
+TensorFlow when the backend is JAX, so a GPU host with only JAX runs the same training code.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+SUPPORTED = ("tensorflow", "jax")
+
+
+def name() -> str:
+    return keras.backend.backend()
+
+
+def check_supported() -> None:
+    if name() not in SUPPORTED:
+        raise RuntimeError(f"KERAS_BACKEND={name()} is not supported; use one of {', '.join(SUPPORTED)}")
+
+
+def value_and_grad(fn):
+    """fn(params, ...) -> (loss, aux)  becomes  (params, ...) -> ((loss, aux), d loss / d params)."""
+    if name() == "jax":
+        import jax
+
+        return jax.value_and_grad(fn, has_aux=True)
+    import tensorflow as tf
+
+    @functools.wraps(fn)
+    def with_tape(params, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, aux = fn(params, *args)
+        return (loss, aux), tape.gradient(loss, params)
+
+    return with_tape
+
+
+def compile_step(step, xla: bool | None = None):
+    """Compile step(state, *inputs) -> (state, metrics) once: jax.jit (donating the state) or
+    tf.function. `xla` chooses TensorFlow's XLA; None means on a GPU only."""
+    if name() == "jax":
+        import jax
+
+        return jax.jit(step, donate_argnums=0)
+    import tensorflow as tf
+
+    if xla is None:
+        xla = accelerator() == "gpu"
+    return tf.function(step, jit_compile=xla, reduce_retracing=True)
+
+
+@functools.cache
+def accelerator() -> str:
+    """'gpu' when the backend sees a GPU, else 'cpu'."""
+    if name() == "jax":
+        import jax
+
+        return "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def device_description() -> str:
+    if name() == "jax":
+        import jax
+
+        return ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "cpu"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and the backend; make TensorFlow's kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def to_numpy(tree):
+    """Fetch a nest of device tensors to host NumPy arrays (one sync)."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, tree)

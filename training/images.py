@@ -1,0 +1,66 @@
+"""Pictures a person looks at: sample grids, their animation over epochs, and the loss curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(B, 28, 28[, 1]) in [-1, 1] -> (B, 28, 28) uint8 in [0, 255]."""
+    images = np.asarray(images, dtype=np.float32).reshape(len(images), 28, 28)
+    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid(images: np.ndarray, scale: int = 3, padding: int = 2, caption: str | None = None) -> Image.Image:
+    """Tile (B, 28, 28) uint8 digits into a square grid, white on black, enlarged `scale` times."""
+    count = len(images)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    cell = 28 + padding
+    header = 16 if caption else 0
+    canvas = np.full((header + rows * cell + padding, cols * cell + padding), 40, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        top, left = header + padding + r * cell, padding + c * cell
+        canvas[top:top + 28, left:left + 28] = image
+    picture = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
+                                             Image.NEAREST)
+    if caption:
+        ImageDraw.Draw(picture).text((4 * scale, 2 * scale), caption, fill=255)
+    return picture
+
+
+def save_gif(frames: list[Path], target: Path, seconds_per_frame: float = 0.5) -> None:
+    """Animate saved grid PNGs in order; the last frame is held three times as long."""
+    pictures = [Image.open(f).convert("P") for f in frames]
+    durations = [int(seconds_per_frame * 1000)] * len(pictures)
+    durations[-1] *= 3
+    pictures[0].save(target, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+
+
+def save_loss_curves(history: dict[str, list[tuple[int, float]]], target: Path) -> None:
+    """Plot each metric's (step, value) series: losses on one axis, D's outputs on another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (losses, outputs) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for name, axis in (("d_loss", losses), ("g_loss", losses), ("d_real", outputs),
+                       ("d_fake", outputs), ("d_accuracy", outputs)):
+        if history.get(name):
+            steps, values = zip(*history[name])
+            axis.plot(steps, values, label=name, linewidth=1)
+    losses.set_ylabel("binary cross-entropy")
+    outputs.set_ylabel("D output / accuracy")
+    outputs.set_xlabel("training step (1 D + n_iter_g G updates)")
+    for axis in (losses, outputs):
+        axis.legend(loc="upper right")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""The generator and discriminator of the seed post, in Keras 3 layers only (channels_last).
+
+Preset `seed` is the post's architecture exactly; `small` and `tiny` keep its layer stack and shrink
+its widths so that it trains on a laptop CPU (`small`) or in a unit test (`tiny`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+@dataclass(frozen=True)
+class Widths:
+    g_hidden: int  # first Dense of G
+    g_channels: int  # channels of the 7x7 feature map G reshapes to
+    g_conv: int  # filters of G's first 5x5 convolution
+    d_conv1: int
+    d_conv2: int
+    d_hidden: int
+    dropout: float = 0.3
+
+
+PRESET_WIDTHS = {
+    "seed": Widths(g_hidden=512, g_channels=128, g_conv=64, d_conv1=256, d_conv2=512, d_hidden=256),
+    "small": Widths(g_hidden=256, g_channels=64, g_conv=32, d_conv1=32, d_conv2=64, d_hidden=128),
+    "tiny": Widths(g_hidden=32, g_channels=8, g_conv=8, d_conv1=8, d_conv2=16, d_hidden=16),
+}
+
+
+def build_generator(widths: Widths, z_dim: int = 100) -> keras.Model:
+    """G: z (B, z_dim) in [-1, 1] -> images (B, 28, 28, 1) in [-1, 1]."""
+    return keras.Sequential(
+        [
+            keras.Input((z_dim,), name="z"),
+            layers.Dense(widths.g_hidden),
+            layers.LeakyReLU(0.2),
+            layers.Dense(widths.g_channels * 7 * 7),
+            layers.LeakyReLU(0.2),
+            layers.BatchNormalization(),
+            layers.Reshape((7, 7, widths.g_channels)),
+            layers.UpSampling2D(2),
+            layers.Conv2D(widths.g_conv, 5, padding="same", activation="tanh"),
+            layers.UpSampling2D(2),
+            layers.Conv2D(1, 5, padding="same", activation="tanh"),
+        ],
+        name="generator",
+    )
+
+
+def build_discriminator(widths: Widths) -> keras.Model:
+    """D: images (B, 28, 28, 1) in [-1, 1] -> probability of being real (B, 1), float32."""
+    return keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE, name="image"),
+            layers.Conv2D(widths.d_conv1, 5, padding="same",
+                          kernel_initializer=keras.initializers.RandomNormal(stddev=0.02)),
+            layers.LeakyReLU(0.2),
+            layers.MaxPooling2D(2, strides=2),
+            layers.Dropout(widths.dropout),
+            layers.Conv2D(widths.d_conv2, 5, padding="same"),
+            layers.LeakyReLU(0.2),
+            layers.MaxPooling2D(2, strides=2),
+            layers.Dropout(widths.dropout),
+            layers.Flatten(),
+            layers.Dense(widths.d_hidden),
+            layers.LeakyReLU(0.2),
+            layers.Dropout(widths.dropout),
+            # float32 output keeps the cross-entropy exact under mixed precision.
+            layers.Dense(1, activation="sigmoid", dtype="float32"),
+        ],
+        name="discriminator",
+    )

@@ -1,0 +1,86 @@
+"""MLflow tracking of a training run: params, dataset input, metrics, grids and final artifacts.
+
+The tracking URI comes from MLFLOW_TRACKING_URI (default: MLflow's embedded sqlite:///mlflow.db).
+Inside `mlflow run`, MLFLOW_RUN_ID names the run to attach to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+
+from training import backend, images
+from training.config import TrainConfig
+from training.data import Mnist
+from training.loop import TrainResult, resolve_precision
+
+EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
+PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
+
+
+class MlflowTracker:
+    """The loop's Tracker: step metrics as they flush, epoch summaries and sample grids."""
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], grid_path: Path) -> None:
+        mlflow.log_metrics({f"epoch_{name}": value for name, value in metrics.items()}, step=epoch)
+        mlflow.log_artifact(str(grid_path), artifact_path="grids")
+
+
+@contextlib.contextmanager
+def training_run(run_id: str | None = None):
+    """Start (or re-open, when resuming) the run; it ends FAILED if the body raises."""
+    if not os.environ.get("MLFLOW_RUN_ID") and not run_id:
+        mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_id=run_id, log_system_metrics=True) as run:
+        yield run
+
+
+def run_params(config: TrainConfig) -> dict[str, str]:
+    """Every hyperparameter plus what the numbers depend on: backend, device, precision, versions."""
+    params = {name: str(value) for name, value in config.to_dict().items()}
+    params.update(backend=backend.name(), device=backend.device_description(),
+                  accelerator=backend.accelerator(), precision=resolve_precision(config.precision),
+                  python=platform.python_version())
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            params[f"version_{package}"] = metadata.version(package)
+    return params
+
+
+def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed: bool) -> None:
+    """Params and the dataset input; a resumed run already has them (params are immutable)."""
+    if resumed:
+        return
+    mlflow.log_params(run_params(config))
+    mlflow.log_param("data_sha256", mnist.sha256)
+    source = mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
+    dataset = mlflow.data.from_numpy(
+        features=mnist.x_train[:num_train_images], targets=mnist.y_train[:num_train_images],
+        source=source, name="mnist", digest=mnist.sha256[:32])
+    mlflow.log_input(dataset, context="training")
+
+
+def log_final(result: TrainResult) -> None:
+    """The GIF of the grids, the loss curves and both models in Keras format."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if result.grid_paths:
+            images.save_gif(result.grid_paths, tmp / "samples.gif")
+        images.save_loss_curves(result.history, tmp / "loss_curves.png")
+        for path in tmp.iterdir():
+            mlflow.log_artifact(str(path))
+        result.gan.generator.save(tmp / "generator.keras")
+        result.gan.discriminator.save(tmp / "discriminator.keras")
+        mlflow.log_artifact(str(tmp / "generator.keras"), artifact_path="models")
+        mlflow.log_artifact(str(tmp / "discriminator.keras"), artifact_path="models")
+    mlflow.set_tags({"global_step": str(result.global_step), "epochs_done": str(result.epochs_done),
+                     "stopped_by": result.stopped_by})

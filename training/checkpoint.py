@@ -12,12 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from training.data import file_sha256
 
-KEEP = 2
+KEEP = 2  # checkpoints kept on disk: the newest and one to fall back on
 
 
 class CheckpointError(RuntimeError):
@@ -26,6 +25,8 @@ class CheckpointError(RuntimeError):
 
 def save(directory: Path, state, meta: dict[str, Any]) -> Path:
     """Write state (a nest of tensors) and meta (JSON-able; must hold 'global_step')."""
+    import keras  # imported here so that pre-flight checks (latest_manifest) stay light
+
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"ckpt-{meta['global_step']:09d}"
     leaves = [np.asarray(keras.ops.convert_to_numpy(x)) for x in keras.tree.flatten(state)]
@@ -57,6 +58,8 @@ def load_latest(directory: Path, template) -> tuple[Any, dict[str, Any]]:
 
 
 def _restore(template, leaves: list[np.ndarray], source: Path):
+    import keras
+
     expected = keras.tree.flatten(template)
     shapes_match = len(expected) == len(leaves) and all(
         tuple(keras.ops.shape(e)) == a.shape for e, a in zip(expected, leaves))

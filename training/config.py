@@ -7,6 +7,7 @@ tested against `TrainConfig`. Validation happens before any expensive import or 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,7 @@ class TrainConfig:
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build a config from a mapping, rejecting keys that are not parameters."""
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -71,7 +72,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -80,7 +81,7 @@ def _check(f: dataclasses.Field, value: Any) -> None:
     expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
     if isinstance(value, bool) and f.type != "bool" or not isinstance(value, expected):
         raise ConfigError(f"{name} must be of type {f.type} (got {value!r})")
-    if f.type == "float" and value != value:
+    if f.type == "float" and math.isnan(value):
         raise ConfigError(f"{name} must be a number (got NaN)")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])} (got {value!r})")

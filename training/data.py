@@ -117,7 +117,7 @@ def _cached(source: str, download) -> Path:
     """Download once into the cache; the file appears only when complete (atomic rename)."""
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     target = CACHE_DIR / f"{key}-{Path(urlparse(source).path).name or 'mnist.npz'}"
-    if target.is_file() and not urlparse(source).scheme == "s3":
+    if target.is_file() and urlparse(source).scheme != "s3":  # S3 objects may change
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=CACHE_DIR, suffix=".part", delete=False) as tmp:

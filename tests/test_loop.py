@@ -1,0 +1,115 @@
+"""Checkpoints and resume, preemption, and the NaN guard, through the real CLI and loop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, cli_env, run_cli
+from training import checkpoint
+from training.config import TrainConfig
+from training.loop import NonFiniteLoss, train
+
+
+def _final_arrays(directory):
+    manifest = checkpoint.latest_manifest(directory)
+    with np.load(directory / manifest["arrays"]) as npz:
+        return manifest, [npz[k] for k in sorted(npz.files)]
+
+
+def _train(tmp_path, mnist_path, *flags):
+    result = run_cli(["train", "--data", str(mnist_path), *TINY, *flags], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_path):
+    _train(tmp_path, mnist_path, "--epochs", "2", "--checkpoint-dir", "straight")
+    # Stop mid-epoch (4 steps per epoch), then resume twice: once mid-epoch, once at an epoch end.
+    _train(tmp_path, mnist_path, "--epochs", "2", "--max-steps", "3", "--checkpoint-dir", "resumed")
+    _train(tmp_path, mnist_path, "--epochs", "2", "--max-steps", "4", "--checkpoint-dir", "resumed",
+           "--resume")
+    _train(tmp_path, mnist_path, "--epochs", "2", "--checkpoint-dir", "resumed", "--resume")
+
+    straight, straight_arrays = _final_arrays(tmp_path / "straight")
+    resumed, resumed_arrays = _final_arrays(tmp_path / "resumed")
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert len(straight_arrays) == len(resumed_arrays)
+    for a, b in zip(straight_arrays, resumed_arrays):
+        np.testing.assert_array_equal(a, b)
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert resumed["run_id"] != straight["run_id"]
+    history = [m.step for m in client.get_metric_history(resumed["run_id"], "d_loss")]
+    assert history == [2, 3, 4, 6, 8], "one metric series, no gap and no duplicated step"
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
+    assert len(client.search_runs(client.get_run(resumed["run_id"]).info.experiment_id)) == 2
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
+    args = [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *TINY,
+            "--epochs", "1000", "--train-images", "4096"]
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while (first := checkpoint.latest_manifest(tmp_path / "checkpoints")) is None:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "checkpoint written" in stderr and "--resume" in stderr
+    manifest = checkpoint.latest_manifest(tmp_path / "checkpoints")
+    assert manifest["global_step"] > first["global_step"], "the SIGTERM checkpoint is the newest"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(manifest["run_id"]).info.status == "FAILED"
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, mnist_path):
+    with np.load(mnist_path) as npz:
+        good = ((npz["x_train"][:256].astype("float32") - 127.5) / 127.5)[..., None]
+    config = TrainConfig(preset="tiny", batch_size=64, epochs=1, log_every=2,
+                         checkpoint_dir=str(tmp_path / "ckpt"))
+    train(config, good)
+    before = checkpoint.latest_manifest(tmp_path / "ckpt")
+
+    poisoned = good.copy()
+    poisoned[:] = np.nan
+    with pytest.raises(NonFiniteLoss, match="d_loss and g_loss became NaN/inf by step 6"):
+        train(config.replace(epochs=2, resume=True), poisoned)
+    after = checkpoint.latest_manifest(tmp_path / "ckpt")
+    assert after == before
+    state, manifest = checkpoint.load_latest(tmp_path / "ckpt", _template(config))
+    assert manifest["global_step"] == 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in _leaves(state))
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mnist_path):
+    with np.load(mnist_path) as npz:
+        images = ((npz["x_train"][:128].astype("float32") - 127.5) / 127.5)[..., None]
+    config = TrainConfig(preset="tiny", batch_size=64, epochs=2, log_every=1,
+                         checkpoint_dir=str(tmp_path / "ckpt"))
+    train(config, images)
+    latest = checkpoint.latest_manifest(tmp_path / "ckpt")
+    arrays = tmp_path / "ckpt" / latest["arrays"]
+    arrays.write_bytes(arrays.read_bytes()[:1000])
+    _, manifest = checkpoint.load_latest(tmp_path / "ckpt", _template(config))
+    assert manifest["global_step"] == latest["global_step"] - 2
+
+
+def _template(config):
+    from training.loop import build_gan
+
+    return build_gan(config).initial_state()
+
+
+def _leaves(state):
+    import keras
+
+    return [keras.ops.convert_to_numpy(x) for x in keras.tree.flatten(state)]

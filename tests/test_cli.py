@@ -19,7 +19,7 @@ BAD_FLAGS = [
     (["--precision", "fp16"], "precision must be one of auto, float32, mixed_bfloat16"),
     (["--resume", "maybe"], "resume must be true or false"),
     (["--data", "no/such/mnist.npz"], "data=no/such/mnist.npz: no such file"),
-    (["--resume"], "resume: no checkpoint in checkpoint_dir=checkpoints"),
+    (["--resume"], "resume: no checkpoint under checkpoint_dir=checkpoints"),
     (["--learning-rte", "0.1"], "unrecognized arguments: --learning-rte"),
 ]
 

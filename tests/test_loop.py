@@ -18,6 +18,7 @@ from training.loop import NonFiniteLoss, train
 
 
 def _final_arrays(directory):
+    directory = checkpoint.latest_run_dir(directory)
     manifest = checkpoint.latest_manifest(directory)
     with np.load(directory / manifest["arrays"]) as npz:
         return manifest, [npz[k] for k in sorted(npz.files)]
@@ -46,6 +47,7 @@ def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_pa
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert resumed["run_id"] != straight["run_id"]
+    assert [p.name for p in (tmp_path / "resumed").iterdir()] == [resumed["run_id"]]
     history = [m.step for m in client.get_metric_history(resumed["run_id"], "d_loss")]
     assert history == [2, 3, 4, 6, 8], "one metric series, no gap and no duplicated step"
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
@@ -58,14 +60,15 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
     process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while (first := checkpoint.latest_manifest(tmp_path / "checkpoints")) is None:
+    while (run_dir := checkpoint.latest_run_dir(tmp_path / "checkpoints")) is None:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
+    first = checkpoint.latest_manifest(run_dir)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     assert "checkpoint written" in stderr and "--resume" in stderr
-    manifest = checkpoint.latest_manifest(tmp_path / "checkpoints")
+    manifest = checkpoint.latest_manifest(run_dir)
     assert manifest["global_step"] > first["global_step"], "the SIGTERM checkpoint is the newest"
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(manifest["run_id"]).info.status == "FAILED"

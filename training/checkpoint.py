@@ -90,6 +90,13 @@ def _prune(directory: Path) -> None:
 
 
 def latest_manifest(directory: Path) -> dict[str, Any] | None:
-    """The newest manifest's content (no integrity check), e.g. to find the run to resume."""
+    """The newest manifest's content in one run's folder (no integrity check)."""
     manifests = sorted(directory.glob("ckpt-*.json"))
     return json.loads(manifests[-1].read_text()) if manifests else None
+
+
+def latest_run_dir(root: Path) -> Path | None:
+    """The run folder under `root` (one per MLflow run) whose checkpoint was written last."""
+    manifests = root.glob("*/ckpt-*.json") if root.is_dir() else []
+    newest = max(manifests, key=lambda p: p.stat().st_mtime_ns, default=None)
+    return newest.parent if newest else None

@@ -51,8 +51,8 @@ class TrainConfig:
     precision: str = _param("auto", "auto = mixed_bfloat16 on a GPU, float32 on a CPU",
                             choices=PRECISIONS)
     log_every: int = _param(50, "log step metrics every N training steps", min=1)
-    checkpoint_dir: str = _param("checkpoints", "where epoch checkpoints are written")
-    resume: bool = _param(False, "continue from the latest checkpoint in checkpoint_dir")
+    checkpoint_dir: str = _param("checkpoints", "checkpoints go to CHECKPOINT_DIR/<mlflow run id>/")
+    resume: bool = _param(False, "continue the run whose checkpoint under checkpoint_dir is newest")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -16,8 +16,8 @@ from training.data import check_readable
 def preflight(config: TrainConfig) -> None:
     """Cheap checks before any heavy import: readable data, and a checkpoint when resuming."""
     check_readable(config.data)
-    if config.resume and checkpoint.latest_manifest(Path(config.checkpoint_dir)) is None:
-        raise ConfigError(f"resume: no checkpoint in checkpoint_dir={config.checkpoint_dir}")
+    if config.resume and checkpoint.latest_run_dir(Path(config.checkpoint_dir)) is None:
+        raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
 
 
 def run_training(config: TrainConfig):
@@ -34,11 +34,14 @@ def run_training(config: TrainConfig):
         raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
     train_images = preprocess.to_unit_range(mnist.x_train[:num_images])
 
-    manifest = checkpoint.latest_manifest(Path(config.checkpoint_dir)) if config.resume else None
-    resume_run_id = None if os.environ.get("MLFLOW_RUN_ID") else (manifest or {}).get("run_id")
+    resume_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir)) if config.resume else None
+    manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
+    resume_run_id = None if os.environ.get("MLFLOW_RUN_ID") else manifest.get("run_id")
     with tracking.training_run(resume_run_id) as run:
-        tracking.log_start(config, mnist, num_images, resumed=manifest is not None)
-        result = loop.train(config, train_images, tracking.MlflowTracker(), run_id=run.info.run_id)
+        tracking.log_start(config, mnist, num_images, resumed=bool(manifest))
+        run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
+        result = loop.train(config, train_images, tracking.MlflowTracker(), run_id=run.info.run_id,
+                            checkpoint_dir=run_dir)
         tracking.log_final(result)
     print(f"MLflow run {run.info.run_id}: {result.global_step} steps, {result.epochs_done} epoch(s)")
     return result

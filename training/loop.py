@@ -78,14 +78,17 @@ def fixed_latents(config: TrainConfig) -> np.ndarray:
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,
-          run_id: str | None = None) -> TrainResult:
-    """Train on (N, 28, 28, 1) float32 images in [-1, 1]; returns with the final weights assigned."""
+          run_id: str | None = None, checkpoint_dir: Path | None = None) -> TrainResult:
+    """Train on (N, 28, 28, 1) float32 images in [-1, 1]; returns with the final weights assigned.
+
+    Checkpoints (and sample grids) go to `checkpoint_dir`, by default config.checkpoint_dir itself.
+    """
     gan = build_gan(config)
     step_fn = backend.compile_step(gan.train_step)
-    checkpoint_dir = Path(config.checkpoint_dir)
+    checkpoint_dir = checkpoint_dir or Path(config.checkpoint_dir)
     grid_dir = checkpoint_dir / "grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(config, len(train_images), gan.initial_state())
+    progress = _Progress(config, checkpoint_dir, len(train_images), gan.initial_state())
     if config.resume:
         progress.restore(checkpoint_dir)
     state = progress.state
@@ -172,6 +175,7 @@ class _Progress:
     """Where the run stands, and everything a checkpoint must carry to continue it exactly."""
 
     config: TrainConfig
+    directory: Path
     num_images: int
     state: Any
     epoch: int = 0
@@ -193,7 +197,7 @@ class _Progress:
         return summary
 
     def save(self, state, epoch: int, step_in_epoch: int, run_id: str | None) -> None:
-        checkpoint.save(Path(self.config.checkpoint_dir), state, {
+        checkpoint.save(self.directory, state, {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "config": self.config.to_dict(), "num_images": self.num_images, "run_id": run_id,
             "history": self.history, "grids": [p.name for p in self.grid_paths],

@@ -46,9 +46,11 @@ def training_run(run_id: str | None = None):
 
 def run_params(config: TrainConfig) -> dict[str, str]:
     """Every hyperparameter plus what the numbers depend on: backend, device, precision, versions."""
-    params = {name: str(value) for name, value in config.to_dict().items()}
+    params = {name: str(value).lower() if isinstance(value, bool) else str(value)
+              for name, value in config.to_dict().items()}
     params.update(backend=backend.name(), device=backend.device_description(),
-                  accelerator=backend.accelerator(), precision=resolve_precision(config.precision),
+                  accelerator=backend.accelerator(),
+                  compute_precision=resolve_precision(config.precision),
                   python=platform.python_version())
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -60,8 +62,10 @@ def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed:
     """Params and the dataset input; a resumed run already has them (params are immutable)."""
     if resumed:
         return
-    mlflow.log_params(run_params(config))
-    mlflow.log_param("data_sha256", mnist.sha256)
+    # `mlflow run` has already logged the MLproject parameters, spelled as the user passed them.
+    already_logged = mlflow.active_run().data.params
+    params = {**run_params(config), "data_sha256": mnist.sha256}
+    mlflow.log_params({k: v for k, v in params.items() if k not in already_logged})
     source = mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
     dataset = mlflow.data.from_numpy(
         features=mnist.x_train[:num_train_images], targets=mnist.y_train[:num_train_images],

@@ -1,0 +1,86 @@
+"""The MLflow project: its parameters are TrainConfig's, and `mlflow run .` leaves a complete run,
+against the embedded sqlite default and against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import yaml
+
+from tests.conftest import ROOT, TINY, cli_env, run_cli
+from tests.services import mlflow_server
+from training.config import parameter_fields
+
+MLFLOW_TYPES = {"int": "int", "float": "float", "str": "string", "bool": "string"}
+
+
+def test_mlproject_parameters_are_the_config_defaults():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    parameters = project["entry_points"]["main"]["parameters"]
+    assert list(parameters) == [f.name for f in parameter_fields()]
+    for field in parameter_fields():
+        spec = parameters[field.name]
+        assert spec["type"] == MLFLOW_TYPES[field.type], field.name
+        default = str(field.default).lower() if field.type == "bool" else field.default
+        assert spec["default"] == default, field.name
+        assert f"{{{field.name}}}" in project["entry_points"]["main"]["command"]
+
+
+def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path, epochs: int) -> None:
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["preset"] == "tiny" and params["epochs"] == str(epochs)
+    assert {f.name for f in parameter_fields()} <= set(params)
+    assert params["backend"] == "tensorflow" and params["compute_precision"] == "float32"
+    assert params["accelerator"] == "cpu" and params["version_keras"] == keras.__version__
+    assert len(params["data_sha256"]) == 64
+    for name in ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake", "images_per_sec"):
+        assert len(client.get_metric_history(run_id, name)) >= 2, name
+        assert len(client.get_metric_history(run_id, f"epoch_{name}")) == epochs, name
+    assert any(key.startswith("system/") for key in run.data.metrics), "system metrics are on"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "mnist" and dataset_input.dataset.digest == params["data_sha256"][:32]
+
+    artifacts = Path(client.download_artifacts(run_id, "", str(tmp_path / "downloaded")))
+    grids = sorted(p.name for p in (artifacts / "grids").iterdir())
+    assert grids == [f"epoch_{e:04d}.png" for e in range(1, epochs + 1)]
+    assert (artifacts / "samples.gif").read_bytes()[:6] == b"GIF89a"
+    assert (artifacts / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    generator = keras.saving.load_model(artifacts / "models" / "generator.keras", safe_mode=True)
+    keras.saving.load_model(artifacts / "models" / "discriminator.keras", safe_mode=True)
+    fake = keras.ops.convert_to_numpy(generator(np.zeros((3, 100), "float32"), training=False))
+    assert fake.shape == (3, 28, 28, 1)
+
+
+def test_mlflow_run_main_entry_point_leaves_a_complete_run(tmp_path, mnist_path):
+    env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+    params = {"preset": "tiny", "data": str(mnist_path), "train_images": 256, "batch_size": 64,
+              "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt")}
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
+               "--experiment-name", "project-test"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
+    _check_complete_run(client, run.info.run_id, tmp_path, epochs=2)
+
+
+def test_training_tracks_to_an_http_tracking_server(tmp_path, mnist_path):
+    with mlflow_server(tmp_path / "server") as uri:
+        result = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "1"], tmp_path,
+                         MLFLOW_TRACKING_URI=uri, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = mlflow.MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
+        _check_complete_run(client, run.info.run_id, tmp_path, epochs=1)
+        assert (tmp_path / "server" / "artifacts").is_dir()

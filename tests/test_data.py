@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.services import s3_server
-from training.data import DataError, load_mnist, read_npz
+from training.data import KNOWN_SHA256, DataError, load_mnist, read_npz
 from training.preprocess import epoch_batches, steps_per_epoch, to_unit_range
 
 REAL_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
@@ -99,3 +99,46 @@ def test_an_epoch_visits_every_image_in_full_batches():
     assert set(batches.ravel().tolist()) == set(range(1000))
     assert not np.array_equal(batches, epoch_batches(1000, 64, 1, seed=3, epoch=1))
     assert np.array_equal(batches, epoch_batches(1000, 64, 1, seed=3, epoch=0))
+
+
+@pytest.fixture
+def http_server(tmp_path, mnist_path):
+    """A real HTTP server on 127.0.0.1 serving a copy of the real MNIST as /mnist.npz."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(mnist_path, root / "mnist.npz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_source_is_downloaded_once_and_cached(http_server, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("training.data.CACHE_DIR", cache)
+    url = f"{http_server}/mnist.npz"
+    assert load_mnist(url).sha256 == REAL_SHA256
+    (cached,) = cache.iterdir()
+    (tmp_path / "www" / "mnist.npz").unlink()
+    assert load_mnist(url).sha256 == REAL_SHA256, "the second load reads the cache"
+    with pytest.raises(DataError, match=f"{http_server}/other.npz: download failed"):
+        load_mnist(f"{http_server}/other.npz")
+    assert [p.name for p in cache.iterdir()] == [cached.name], "no partial download is left"
+
+
+def test_url_whose_digest_differs_from_the_published_one_is_refused(http_server, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("training.data.CACHE_DIR", cache)
+    url = f"{http_server}/mnist.npz"
+    monkeypatch.setitem(KNOWN_SHA256, url, "0" * 64)
+    with pytest.raises(DataError, match=f"{url}: sha256 {REAL_SHA256} does not match the published 0+"):
+        load_mnist(url)
+    assert list(cache.iterdir()) == [], "the rejected download was removed from the cache"

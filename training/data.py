@@ -47,6 +47,7 @@ def load_mnist(source: str) -> Mnist:
     digest = file_sha256(path)
     expected = KNOWN_SHA256.get(source)
     if expected and digest != expected:
+        path.unlink()  # a bad download must not stay in the cache
         raise DataError(f"{source}: sha256 {digest} does not match the published {expected}")
     arrays = read_npz(path, name=source)
     return Mnist(**arrays, source=source, sha256=digest)

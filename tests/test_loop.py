@@ -15,6 +15,7 @@ from tests.conftest import TINY, cli_env, run_cli
 from training import checkpoint
 from training.config import TrainConfig
 from training.loop import NonFiniteLoss, train
+from training.preprocess import to_unit_range
 
 
 def _final_arrays(directory):
@@ -75,10 +76,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, mnist_path):
-    with np.load(mnist_path) as npz:
-        good = ((npz["x_train"][:256].astype("float32") - 127.5) / 127.5)[..., None]
-    config = TrainConfig(preset="tiny", batch_size=64, epochs=1, log_every=2,
-                         checkpoint_dir=str(tmp_path / "ckpt"))
+    good = _real_images(mnist_path, 256)
+    config = _tiny_config(tmp_path, epochs=1, log_every=2)
     train(config, good)
     before = checkpoint.latest_manifest(tmp_path / "ckpt")
 
@@ -94,16 +93,22 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_pat
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mnist_path):
-    with np.load(mnist_path) as npz:
-        images = ((npz["x_train"][:128].astype("float32") - 127.5) / 127.5)[..., None]
-    config = TrainConfig(preset="tiny", batch_size=64, epochs=2, log_every=1,
-                         checkpoint_dir=str(tmp_path / "ckpt"))
-    train(config, images)
+    config = _tiny_config(tmp_path, epochs=2, log_every=1)
+    train(config, _real_images(mnist_path, 128))
     latest = checkpoint.latest_manifest(tmp_path / "ckpt")
     arrays = tmp_path / "ckpt" / latest["arrays"]
     arrays.write_bytes(arrays.read_bytes()[:1000])
     _, manifest = checkpoint.load_latest(tmp_path / "ckpt", _template(config))
     assert manifest["global_step"] == latest["global_step"] - 2
+
+
+def _real_images(mnist_path, count: int) -> np.ndarray:
+    with np.load(mnist_path) as npz:
+        return to_unit_range(npz["x_train"][:count])
+
+
+def _tiny_config(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig(preset="tiny", batch_size=64, checkpoint_dir=str(tmp_path / "ckpt"), **changes)
 
 
 def _template(config):

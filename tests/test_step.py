@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, TINY, cli_env, run_cli
 
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
 
@@ -34,3 +34,11 @@ def test_tensorflow_and_jax_take_the_same_step(tmp_path):
             np.testing.assert_allclose(update_jax, update_tf, atol=1e-3 * scale + 1e-7, err_msg=key)
             moved += bool(np.any(update_tf != 0))
         assert moved > len(leaves) // 2, "the step changed almost nothing: nothing was compared"
+
+
+def test_tensorflow_step_compiles_with_xla(tmp_path, mnist_path):
+    """XLA is what a GPU uses by default; here it is forced on the CPU so that the path stays tested."""
+    result = run_cli(["train", "--data", str(mnist_path), *TINY, "--max-steps", "2", "--epochs", "1"],
+                     tmp_path, MNIST_GAN_XLA="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 steps" in result.stdout

@@ -7,6 +7,7 @@ TensorFlow when the backend is JAX, so a GPU host with only JAX runs the same tr
 from __future__ import annotations
 
 import functools
+import os
 
 import keras
 
@@ -40,18 +41,25 @@ def value_and_grad(fn):
     return with_tape
 
 
-def compile_step(step, xla: bool | None = None):
+def compile_step(step):
     """Compile step(state, *inputs) -> (state, metrics) once: jax.jit (donating the state) or
-    tf.function. `xla` chooses TensorFlow's XLA; None means on a GPU only."""
+    tf.function, with XLA where `use_xla()` says so."""
     if name() == "jax":
         import jax
 
         return jax.jit(step, donate_argnums=0)
     import tensorflow as tf
 
-    if xla is None:
-        xla = accelerator() == "gpu"
-    return tf.function(step, jit_compile=xla, reduce_retracing=True)
+    return tf.function(step, jit_compile=use_xla(), reduce_retracing=True)
+
+
+def use_xla() -> bool:
+    """TensorFlow's XLA: on a GPU only by default (on 2 CPU cores it made the small preset's step 3x
+    slower); MNIST_GAN_XLA=1 or 0 overrides."""
+    choice = os.environ.get("MNIST_GAN_XLA", "auto").lower()
+    if choice not in ("auto", "1", "0"):
+        raise RuntimeError(f"MNIST_GAN_XLA must be auto, 1 or 0 (got {choice!r})")
+    return accelerator() == "gpu" if choice == "auto" else choice == "1"
 
 
 @functools.cache
@@ -81,9 +89,10 @@ def device_description() -> str:
 
 
 def make_deterministic(seed: int) -> None:
-    """Seed Python, NumPy and the backend; make TensorFlow's kernels deterministic."""
+    """Seed Python, NumPy and the backend. Without XLA, TensorFlow's kernels are made deterministic
+    too: its deterministic mode has no XLA MaxPool gradient, so XLA runs are seeded, not bit-exact."""
     keras.utils.set_random_seed(seed)
-    if name() == "tensorflow":
+    if name() == "tensorflow" and not use_xla():
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()

@@ -129,7 +129,7 @@ def main() -> int:
     }
     for grid in result.grid_paths:
         (out / grid.name).write_bytes(grid.read_bytes())
-    print(json.dumps(report["training"]), flush=True)
+    print("\n" + json.dumps(report["training"]), flush=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     return 1 if report["training"]["imported"]["mlflow"] else 0
 

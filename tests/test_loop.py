@@ -74,6 +74,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(manifest["run_id"]).info.status == "FAILED"
 
+    stop_at = manifest["global_step"] + 3
+    resumed = run_cli(args[3:] + ["--resume", "--max-steps", str(stop_at)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(manifest["run_id"]).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(manifest["run_id"], "d_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == stop_at, "continuous, no duplicated step"
+    assert manifest["global_step"] in steps, "the steps before SIGTERM were logged before exiting"
+
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, mnist_path):
     good = _real_images(mnist_path, 256)

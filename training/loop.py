@@ -100,7 +100,7 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
         for epoch in range(progress.epoch, config.epochs):
             batches = preprocess.epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
                                                config.seed, epoch)
-            bar = keras.utils.Progbar(steps, stateful_metrics=METRICS + ("images/s",))
+            bar = keras.utils.Progbar(steps, stateful_metrics=METRICS + ("images_per_sec",))
             print(f"Epoch {epoch + 1}/{config.epochs}")
             window = _Window(config.batch_size * config.n_iter_d)
             for i in range(progress.step_in_epoch, steps):
@@ -109,7 +109,8 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
                 window.add(metrics)
                 last_of_epoch = i + 1 == steps
                 hit_max = config.max_steps and progress.global_step >= config.max_steps
-                if progress.global_step % config.log_every == 0 or last_of_epoch or hit_max:
+                stopping = hit_max or sigterm.is_set()
+                if progress.global_step % config.log_every == 0 or last_of_epoch or stopping:
                     values = window.flush(progress.global_step)
                     progress.record(values, progress.global_step)
                     if tracker:

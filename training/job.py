@@ -38,7 +38,8 @@ def run_training(config: TrainConfig):
     manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
     resume_run_id = None if os.environ.get("MLFLOW_RUN_ID") else manifest.get("run_id")
     with tracking.training_run(resume_run_id) as run:
-        tracking.log_start(config, mnist, num_images, resumed=bool(manifest))
+        continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
+        tracking.log_start(config, mnist, num_images, resumed=continuing)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
         result = loop.train(config, train_images, tracking.MlflowTracker(), run_id=run.info.run_id,
                             checkpoint_dir=run_dir)

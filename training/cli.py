@@ -1,4 +1,4 @@
-"""`mnist-gan`: one console script, one subcommand per job; each is a thin call into the library.
+"""`mnist-gan`: one console script, one subcommand per job; each is a thin call into `training.jobs`.
 
 Invalid parameters exit with code 2 and a one-line message, before any heavy import.
 """
@@ -6,17 +6,28 @@ Invalid parameters exit with code 2 and a one-line message, before any heavy imp
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
-from training.config import ConfigError, TrainConfig, parameter_fields
+from training.config import (
+    DEFAULT_DATA_URL,
+    DEFAULT_EVAL_SAMPLES,
+    DEFAULT_MODEL_NAME,
+    ConfigError,
+    TrainConfig,
+    parameter_fields,
+)
+from training.promotion import PromotionRule
 
 EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+MAX_SAMPLES = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage plus a traceback-like dump
+    def error(self, message: str):  # one line, not the usage block
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -32,17 +43,86 @@ def _convert(field, raw: str):
         raise ConfigError(f"{field.name} must be {KINDS[field.type]} (got {raw!r})") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", help="train a GAN, tracked in MLflow")
+def _bounded(name: str, kind, low, high=None):
+    """An argparse type that names the parameter and its range in its error."""
+    def parse(raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {KINDS[kind.__name__]} (got {raw!r})") from None
+        if math.isnan(value) or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{name} must be in [{low}, {high or 'inf'}] (got {raw!r})")
+        return value
+    return parse
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for field in parameter_fields():
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
-            train.add_argument(flag, nargs="?", const="true", default=None, help=field.metadata["help"])
+            parser.add_argument(flag, nargs="?", const="true", default=None, help=field.metadata["help"])
         else:
-            train.add_argument(flag, default=None, metavar=field.type.upper(),
-                               help=f"{field.metadata['help']} (default: {field.default})")
+            parser.add_argument(flag, default=None, metavar=field.type.upper(),
+                                help=f"{field.metadata['help']} (default: {field.default})")
+
+
+def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = PromotionRule()
+    parser.add_argument("--min-fid-gain", type=_bounded("min_fid_gain", float, 0.0),
+                        default=defaults.min_fid_gain, help="FID must drop by more than this")
+    parser.add_argument("--max-classes-lost", type=_bounded("max_classes_lost", int, 0, 10),
+                        default=defaults.max_classes_lost, help="classes covered the challenger may lose")
+
+
+def _samples_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=_bounded("samples", int, 10, MAX_SAMPLES),
+                        default=DEFAULT_EVAL_SAMPLES, help="generated images to evaluate (same N for "
+                        f"every compared model; default {DEFAULT_EVAL_SAMPLES})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    name_help = f"registered model name (default {DEFAULT_MODEL_NAME})"
+
+    _add_train_flags(commands.add_parser("train", help="train a GAN, tracked in MLflow"))
+
+    main = commands.add_parser("main", help="prepare data, train, evaluate, register, promote")
+    _add_train_flags(main)
+    _samples_flag(main)
+    main.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=name_help)
+    _add_rule_flags(main)
+
+    evaluate = commands.add_parser("evaluate", help="score a generator's samples against MNIST's test split")
+    evaluate.add_argument("--generator", required=True,
+                          help="a training run id, runs:/<id>, models:/<name>@<alias> or a .keras file")
+    evaluate.add_argument("--data", default=DEFAULT_DATA_URL, help="mnist.npz source")
+    _samples_flag(evaluate)
+    evaluate.add_argument("--seed", type=_bounded("seed", int, 0, 2**31 - 1), default=0)
+    evaluate.add_argument("--training-run-id", default=None, help="link the evaluation to this run")
+
+    register = commands.add_parser("register", help="register a trained generator as 'challenger'")
+    register.add_argument("--training-run-id", required=True)
+    register.add_argument("--evaluation-run-id", required=True)
+    register.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
+
+    promote = commands.add_parser("promote", help="make the challenger champion if it is better")
+    promote.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
+    _add_rule_flags(promote)
+    promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    promote.add_argument("--to-registry-uri", default=None,
+                         help="copy the challenger into this registry and gate it against its champion")
+    promote.add_argument("--to-name", default=None, help="model name in the target registry")
+
+    rollback = commands.add_parser("rollback", help="point 'champion' back at the previous champion")
+    rollback.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
+
+    sample = commands.add_parser("sample", help="write N generated digits to .npz and a PNG grid")
+    sample.add_argument("--model-uri", required=True,
+                        help="models:/<name>@<alias>, runs:/<id>, a run id or a .keras file")
+    sample.add_argument("-n", "--count", type=_bounded("n", int, 1, MAX_SAMPLES), default=64)
+    sample.add_argument("--seed", type=_bounded("seed", int, 0, 2**63 - 1), default=0)
+    sample.add_argument("--out", required=True, type=Path, help="the .npz to write (must not exist)")
     return parser
 
 
@@ -55,32 +135,58 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
-        from training.job import preflight
-
-        preflight(config)
+        run = _prepare(args)
     except (ConfigError, ValueError) as err:
         print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return _run_train(config)
+    return _run(args.command, run)
 
 
-def _run_train(config: TrainConfig) -> int:
+def _prepare(args: argparse.Namespace):
+    """Validate everything cheap, then return the job to run as a no-argument callable."""
+    from training import jobs
+
+    rule = PromotionRule(args.min_fid_gain, args.max_classes_lost) if hasattr(args, "min_fid_gain") else None
+    if args.command in ("train", "main"):
+        config = config_from_args(args)
+        jobs.preflight(config)
+        if args.command == "train":
+            return lambda: jobs.train(config)
+        return lambda: jobs.main(config, args.samples, args.model_name, rule)
+    if args.command == "evaluate":
+        return lambda: jobs.evaluate(args.generator, args.data, args.samples, args.seed,
+                                     args.training_run_id)
+    if args.command == "register":
+        return lambda: jobs.register(args.training_run_id, args.evaluation_run_id, args.name)
+    if args.command == "promote":
+        return lambda: jobs.promote(args.name, rule, args.dry_run, args.to_registry_uri, args.to_name)
+    if args.command == "rollback":
+        return lambda: jobs.rollback(args.name)
+    if args.out.exists():
+        raise ConfigError(f"out={args.out} exists; choose a new file (nothing is overwritten)")
+    if args.out.suffix != ".npz":
+        raise ConfigError(f"out must end in .npz (got {args.out})")
+    return lambda: jobs.sample(args.model_uri, args.count, args.seed, args.out)
+
+
+def _run(command: str, run) -> int:
+    from mlflow.exceptions import MlflowException
+
     from training.checkpoint import CheckpointError
     from training.data import DataError
-    from training.job import run_training
     from training.loop import NonFiniteLoss, Preempted
+    from training.registry import RegistryError
 
     try:
-        run_training(config)
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"mnist-gan train: error: {err}", file=sys.stderr)
+        run()
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
+        print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteLoss as err:
-        print(f"mnist-gan train: error: {err}", file=sys.stderr)
+    except (NonFiniteLoss, RegistryError, MlflowException) as err:
+        print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except Preempted as err:
-        print(f"mnist-gan train: {err}", file=sys.stderr)
+        print(f"mnist-gan {command}: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
     return 0
 

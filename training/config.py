@@ -16,6 +16,8 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")
 MNIST_TRAIN_IMAGES = 60_000
 DEFAULT_DATA_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+DEFAULT_EVAL_SAMPLES = 10_000  # every compared model is evaluated on this many samples
+DEFAULT_MODEL_NAME = "mnist-gan-generator"
 
 
 class ConfigError(ValueError):

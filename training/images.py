@@ -15,10 +15,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(images: np.ndarray, scale: int = 3, padding: int = 2, caption: str | None = None) -> Image.Image:
-    """Tile (B, 28, 28) uint8 digits into a square grid, white on black, enlarged `scale` times."""
+def grid(images: np.ndarray, scale: int = 3, padding: int = 2, caption: str | None = None,
+         columns: int | None = None) -> Image.Image:
+    """Tile (B, 28, 28) uint8 digits into a grid (square unless `columns` is given), white on black,
+    enlarged `scale` times."""
     count = len(images)
-    cols = math.ceil(math.sqrt(count))
+    cols = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
     cell = 28 + padding
     header = 16 if caption else 0

@@ -36,11 +36,12 @@ class MlflowTracker:
 
 
 @contextlib.contextmanager
-def training_run(run_id: str | None = None):
-    """Start (or re-open, when resuming) the run; it ends FAILED if the body raises."""
-    if not os.environ.get("MLFLOW_RUN_ID") and not run_id:
+def start_run(run_id: str | None = None, nested: bool = False, name: str | None = None):
+    """Start a run (or re-open `run_id`, or attach to `mlflow run`'s); it ends FAILED if the body raises."""
+    if not (os.environ.get("MLFLOW_RUN_ID") or run_id or mlflow.active_run()):
         mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=True) as run:
+    with mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
+                          log_system_metrics=True) as run:
         yield run
 
 
@@ -66,6 +67,11 @@ def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed:
     already_logged = mlflow.active_run().data.params
     params = {**run_params(config), "data_sha256": mnist.sha256}
     mlflow.log_params({k: v for k, v in params.items() if k not in already_logged})
+    log_dataset(mnist, num_train_images)
+
+
+def log_dataset(mnist: Mnist, num_train_images: int) -> None:
+    """The training split as the run's dataset input, with its source and digest."""
     source = mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
     dataset = mlflow.data.from_numpy(
         features=mnist.x_train[:num_train_images], targets=mnist.y_train[:num_train_images],

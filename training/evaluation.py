@@ -1,0 +1,71 @@
+"""Sample evaluation of a generator against MNIST's test split, beside the real-data reference.
+
+The reference scores N real training images exactly as the generator's N samples are scored: it is
+what a perfect generator would reach with this evaluator and this N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from training import images, metrics, preprocess
+from training.config import DEFAULT_EVAL_SAMPLES
+from training.data import Mnist
+from training.evaluator import Evaluator
+from training.sampling import generate
+
+HEADLINE = ("fid", "kid", "classifier_score", "precision", "recall", "classes_covered", "kl_to_uniform")
+LOWER_IS_BETTER = {"fid", "kid", "kl_to_uniform"}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # the generator's, including kid_stderr
+    reference: dict[str, float]  # real training images scored the same way
+    histogram: list[int]
+    reference_histogram: list[int]
+    samples: np.ndarray = field(repr=False)  # (N, 28, 28) uint8
+    sample_probabilities: np.ndarray = field(repr=False)  # (N, 10)
+
+
+def score(evaluator: Evaluator, fake: np.ndarray, real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
+    """Metrics of (N, 28, 28, 1) images in [-1, 1] against the real test features."""
+    features, probabilities = evaluator.features_and_probabilities(fake)
+    kid, kid_stderr = metrics.kernel_inception_distance(real_features, features)
+    precision, recall = metrics.precision_recall(real_features, features, k=3)
+    coverage = metrics.class_coverage(probabilities)
+    values = {
+        "fid": metrics.frechet_distance(real_features, features),
+        "kid": kid, "kid_stderr": kid_stderr,
+        "classifier_score": metrics.classifier_score(probabilities),
+        "precision": precision, "recall": recall,
+        "classes_covered": float(coverage["classes_covered"]),
+        "kl_to_uniform": coverage["kl_to_uniform"],
+    }
+    return values, coverage["histogram"], probabilities
+
+
+def evaluate(generator: keras.Model, mnist: Mnist, evaluator: Evaluator, n: int = DEFAULT_EVAL_SAMPLES,
+             seed: int = 0) -> Evaluation:
+    """Score n samples of `generator`, and n real training images as the reference, against the test split."""
+    if n < 10:
+        raise ValueError(f"n must be >= 10 samples (got {n})")
+    real_features, _ = evaluator.features_and_probabilities(preprocess.to_unit_range(mnist.x_test))
+    fake = generate(generator, n, seed)
+    values, histogram, probabilities = score(evaluator, fake, real_features)
+    picks = np.random.default_rng([seed, 1]).choice(len(mnist.x_train), n, replace=n > len(mnist.x_train))
+    reference, reference_histogram, _ = score(
+        evaluator, preprocess.to_unit_range(mnist.x_train[picks]), real_features)
+    return Evaluation(values, reference, histogram, reference_histogram, images.to_uint8(fake),
+                      probabilities)
+
+
+def nearest_training_images(samples: np.ndarray, train: np.ndarray, k: int = 3) -> np.ndarray:
+    """For (S, 28, 28) uint8 samples, the indices (S, k) of their nearest training images in pixel L2."""
+    flat_train = train.reshape(len(train), -1).astype(np.float32)
+    flat = samples.reshape(len(samples), -1).astype(np.float32)
+    distances = (flat ** 2).sum(1)[:, None] + (flat_train ** 2).sum(1)[None, :] - 2 * flat @ flat_train.T
+    return np.argsort(distances, axis=1)[:, :k]

@@ -1,0 +1,99 @@
+"""The evaluator: a small MNIST classifier whose penultimate features and class probabilities feed the
+sample metrics. Trained once per (training-data digest, EVALUATOR_VERSION) and cached, so two
+evaluations that are compared always use the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from training import preprocess
+from training.data import CACHE_DIR, Mnist
+
+# Bump when the architecture or training recipe below changes: it keys the cache.
+EVALUATOR_VERSION = "cnn-v1"
+FEATURE_LAYER = "features"
+MIN_TEST_ACCURACY = 0.99
+
+
+class EvaluatorError(RuntimeError):
+    """The classifier could not reach the accuracy that makes its features trustworthy."""
+
+
+@dataclass
+class Evaluator:
+    """features: (N, 28, 28, 1) in [-1, 1] -> (N, 128); probabilities -> (N, 10)."""
+
+    classifier: keras.Model
+    key: str
+    test_accuracy: float
+
+    def __post_init__(self) -> None:
+        self._both = keras.Model(self.classifier.inputs[0],
+                                 [self.classifier.get_layer(FEATURE_LAYER).output, self.classifier.outputs[0]])
+
+    def features_and_probabilities(self, images: np.ndarray, batch_size: int = 1000):
+        feats, probs = [], []
+        for start in range(0, len(images), batch_size):
+            f, p = self._both(images[start:start + batch_size], training=False)
+            feats.append(keras.ops.convert_to_numpy(f))
+            probs.append(keras.ops.convert_to_numpy(p))
+        return np.concatenate(feats).astype(np.float64), np.concatenate(probs).astype(np.float64)
+
+
+def build_classifier() -> keras.Model:
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dropout(0.25),
+        layers.Dense(128, activation="relu", name=FEATURE_LAYER),
+        layers.Dropout(0.25),
+        layers.Dense(10, activation="softmax", dtype="float32"),
+    ], name="mnist_evaluator")
+
+
+def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = 3) -> Evaluator:
+    """The cached evaluator for this MNIST file, trained (seeded, ~1 minute on 2 CPU cores) if absent."""
+    key = f"{EVALUATOR_VERSION}-{mnist.sha256[:16]}"
+    directory = (cache_dir or CACHE_DIR / "evaluator") / key
+    model_path, meta_path = directory / "classifier.keras", directory / "meta.json"
+    if model_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        classifier = keras.saving.load_model(model_path, safe_mode=True)
+        return Evaluator(classifier, key, meta["test_accuracy"])
+    classifier, accuracy = _train(mnist, epochs)
+    if accuracy < MIN_TEST_ACCURACY:
+        raise EvaluatorError(f"evaluator reached {accuracy:.4f} test accuracy, below {MIN_TEST_ACCURACY}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:  # publish both files only when complete
+        classifier.save(Path(tmp) / "classifier.keras")
+        os.replace(Path(tmp) / "classifier.keras", model_path)
+    meta_tmp = meta_path.with_suffix(".tmp")
+    meta_tmp.write_text(json.dumps({"test_accuracy": accuracy, "key": key, "epochs": epochs}))
+    os.replace(meta_tmp, meta_path)
+    return Evaluator(classifier, key, accuracy)
+
+
+def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:
+    keras.utils.set_random_seed(1234)
+    keras.config.set_dtype_policy("float32")  # the evaluator is the same on every device
+    classifier = build_classifier()
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    x_train, x_test = preprocess.to_unit_range(mnist.x_train), preprocess.to_unit_range(mnist.x_test)
+    classifier.fit(x_train, mnist.y_train.astype("int32"), batch_size=128, epochs=epochs, verbose=2)
+    _, accuracy = classifier.evaluate(x_test, mnist.y_test.astype("int32"), batch_size=1000, verbose=0)
+    return classifier, float(accuracy)

@@ -1,0 +1,187 @@
+"""The jobs a user, the MLproject or a pipeline component runs: each one step, tracked in MLflow.
+
+    train      -> a run with params, metrics, grids and the generator/discriminator
+    evaluate   -> a run with the sample metrics, the real-data reference and a report
+    register   -> a registry version aliased `challenger`, tagged with its lineage and evaluation
+    promote    -> `champion` moved to the challenger only if the rule says so
+    main       -> all of the above as nested runs under one parent (the MLproject main entry point)
+
+The CLI and the MLproject call these; so will the Kubeflow components.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from training import checkpoint
+from training.config import ConfigError, TrainConfig
+from training.data import check_readable
+
+
+def preflight(config: TrainConfig) -> None:
+    """Cheap checks before any heavy import: readable data, and a checkpoint when resuming."""
+    check_readable(config.data)
+    if config.resume and checkpoint.latest_run_dir(Path(config.checkpoint_dir)) is None:
+        raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
+
+
+def train(config: TrainConfig, mnist=None, nested: bool = False):
+    """Train inside an MLflow run (re-opened when resuming); returns (run id, TrainResult)."""
+    preflight(config)
+    from training import loop, preprocess, tracking
+    from training.data import load_mnist
+
+    mnist = mnist or load_mnist(config.data)
+    num_images = config.train_images or len(mnist.x_train)
+    if num_images > len(mnist.x_train):
+        raise ConfigError(f"train_images must be in 0..{len(mnist.x_train)} (got {num_images})")
+    if config.batch_size > num_images:
+        raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
+    train_images = preprocess.to_unit_range(mnist.x_train[:num_images])
+
+    resume_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir)) if config.resume else None
+    manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
+    attached = os.environ.get("MLFLOW_RUN_ID") and not nested
+    resume_run_id = None if attached else manifest.get("run_id")
+    with tracking.start_run(resume_run_id, nested=nested, name="train") as run:
+        continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
+        tracking.log_start(config, mnist, num_images, resumed=continuing)
+        run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
+        result = loop.train(config, train_images, tracking.MlflowTracker(), run_id=run.info.run_id,
+                            checkpoint_dir=run_dir)
+        tracking.log_final(result)
+    print(f"train: run {run.info.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s)")
+    return run.info.run_id, result
+
+
+def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
+             training_run_id: str | None = None, mnist=None, nested: bool = False):
+    """Score `samples` images of the generator against the test split; returns (run id, Evaluation)."""
+    import mlflow
+
+    from training import evaluation, evaluator, report, tracking
+    from training.data import load_mnist
+    from training.sampling import load_generator
+
+    mnist = mnist or load_mnist(data)
+    generator = load_generator(generator_uri)
+    judge = evaluator.load_or_train(mnist)
+    result = evaluation.evaluate(generator, mnist, judge, n=samples, seed=seed)
+    with tracking.start_run(nested=nested, name="evaluate") as run:
+        mlflow.log_params({"generator_uri": generator_uri, "samples": samples, "seed": seed,
+                           "evaluator": judge.key, "evaluator_test_accuracy": judge.test_accuracy,
+                           "data_sha256": mnist.sha256})
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()})
+        if training_run_id:
+            mlflow.set_tag("training_run_id", training_run_id)
+            mlflow.MlflowClient().set_tag(training_run_id, "evaluation_run_id", run.info.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            title = f"Evaluation of {generator_uri} on {samples} samples"
+            for path in report.write_report(result, mnist.x_train, Path(tmp), title):
+                mlflow.log_artifact(str(path), artifact_path="report")
+    print(f"evaluate: run {run.info.run_id}, " + ", ".join(
+        f"{k} {result.metrics[k]:.4g} (reference {result.reference[k]:.4g})" for k in evaluation.HEADLINE))
+    return run.info.run_id, result
+
+
+def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bool = False) -> str:
+    """Register the training run's generator with the evaluation run's metrics; returns the version."""
+    import mlflow
+
+    from training import evaluation, registry, tracking
+    from training.sampling import generator_path
+
+    client = mlflow.MlflowClient()
+    evaluated = client.get_run(evaluation_run_id).data.metrics
+    missing = [m for m in evaluation.HEADLINE if m not in evaluated]
+    if missing:
+        raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
+    trained = client.get_run(training_run_id).data.params
+    tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.get("data_sha256", ""),
+            "preset": trained.get("preset", "")}
+    with tracking.start_run(nested=nested, name="register"):
+        version = registry.register_generator(
+            generator_path(f"runs:/{training_run_id}"), name, training_run_id,
+            {m: evaluated[m] for m in evaluation.HEADLINE}, tags)
+        mlflow.set_tags({"registered_model": name, "registered_version": version})
+    print(f"register: {name} version {version} is '{registry.CHALLENGER}'")
+    return version
+
+
+def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = None,
+            target_name: str | None = None, nested: bool = False):
+    """Gate the challenger against the champion (in the target registry when one is given)."""
+    import mlflow
+
+    from training import registry, tracking
+
+    client = mlflow.MlflowClient()
+    if target_uri:
+        source = client.get_model_version_by_alias(name, registry.CHALLENGER)
+        copied = registry.copy_to_registry(name, source.version, target_uri, target_name)
+        name = target_name or name
+        client = mlflow.MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
+        print(f"promote: copied {source.name}/{source.version} to {target_uri} as {name}/{copied}")
+    context = contextlib.nullcontext() if dry_run or not nested else tracking.start_run(nested=True, name="promote")
+    with context:
+        decision = registry.promote(name, rule, dry_run=dry_run, client=client)
+        if nested and not dry_run:
+            mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
+                             "challenger_version": decision.challenger})
+    verdict = "promote" if decision.promote else "keep the champion"
+    print(f"promote{' (dry run)' if dry_run else ''}: {verdict}: {name} version {decision.challenger} "
+          f"vs champion {decision.champion or 'none'}: {decision.reason}")
+    return decision
+
+
+def main(config: TrainConfig, samples: int, model_name: str, rule) -> None:
+    """prepare data -> train -> evaluate -> register -> promote, nested under one parent run."""
+    preflight(config)
+    import mlflow
+
+    from training import tracking
+    from training.data import load_mnist
+
+    with tracking.start_run(name="main") as parent:
+        with tracking.start_run(nested=True, name="prepare-data"):
+            mnist = load_mnist(config.data)
+            tracking.log_dataset(mnist, config.train_images or len(mnist.x_train))
+        training_run_id, _ = train(config, mnist=mnist, nested=True)
+        evaluation_run_id, result = evaluate(f"runs:/{training_run_id}", config.data, samples,
+                                             training_run_id=training_run_id, mnist=mnist, nested=True)
+        version = register(training_run_id, evaluation_run_id, model_name, nested=True)
+        decision = promote(model_name, rule, nested=True)
+        mlflow.set_tags({"training_run_id": training_run_id, "evaluation_run_id": evaluation_run_id,
+                         "registered_model": model_name, "registered_version": version,
+                         "promoted": str(decision.promote).lower()})
+        mlflow.log_metrics({k: v for k, v in result.metrics.items()})
+    print(f"main: run {parent.info.run_id} done")
+
+
+def rollback(name: str) -> tuple[str, str]:
+    from training import registry
+
+    demoted, restored = registry.rollback(name)
+    print(f"rollback: {name} champion moved from version {demoted} back to {restored}")
+    return demoted, restored
+
+
+def sample(model_uri: str, n: int, seed: int, out: Path) -> Path:
+    """Write n digits as uint8 (n, 28, 28) under key `images` in `out` (.npz), and a PNG grid beside it."""
+    import numpy as np
+
+    from training import images
+    from training.sampling import generate, load_generator
+
+    digits = images.to_uint8(generate(load_generator(model_uri), n, seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.npz")
+    np.savez_compressed(partial, images=digits)
+    partial.replace(out)
+    images.grid(digits[:64], caption=f"{model_uri}, seed {seed}").save(out.with_suffix(".png"))
+    print(f"sample: {n} images -> {out} and {out.with_suffix('.png')}")
+    return out

@@ -1,0 +1,50 @@
+"""Draw digits from a generator: the latents a seed stands for, and a model loaded from any URI.
+
+A generator is named by a local `.keras` file, a training run (`runs:/<run id>` or the bare id), or a
+registered model (`models:/<name>@<alias>` or `models:/<name>/<version>`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run
+REGISTERED_GENERATOR = "artifacts/generator.keras"  # inside a registered pyfunc model
+
+
+def latents(n: int, z_dim: int, seed: int) -> np.ndarray:
+    """z ~ U(-1, 1): (n, z_dim) float32, the same for the same seed everywhere (CLI, evaluation, serving)."""
+    return np.random.default_rng(seed).uniform(-1, 1, (n, z_dim)).astype(np.float32)
+
+
+def generate(generator: keras.Model, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
+    """n samples of G(z), z ~ U(-1, 1) drawn from `seed`: (n, 28, 28, 1) float32 in [-1, 1]."""
+    z = latents(n, generator.input_shape[-1], seed)
+    out = [keras.ops.convert_to_numpy(keras.ops.cast(generator(z[i:i + batch_size], training=False),
+                                                     "float32")) for i in range(0, n, batch_size)]
+    return np.concatenate(out)
+
+
+def generator_path(uri: str) -> Path:
+    """A local path to the generator's .keras file for any supported URI (downloads when remote)."""
+    import mlflow
+
+    if uri.startswith("models:/"):
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        return model_dir / REGISTERED_GENERATOR
+    if uri.startswith("runs:/"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{GENERATOR_ARTIFACT}"))
+    path = Path(uri)
+    if path.suffix == ".keras":
+        if not path.is_file():
+            raise FileNotFoundError(f"generator {uri}: no such file")
+        return path
+    return Path(mlflow.artifacts.download_artifacts(run_id=uri, artifact_path=GENERATOR_ARTIFACT))
+
+
+def load_generator(uri: str) -> keras.Model:
+    """The Keras generator behind `uri`, loaded with safe_mode on (no code from the file runs)."""
+    return keras.saving.load_model(generator_path(uri), safe_mode=True, compile=False)

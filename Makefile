@@ -8,7 +8,7 @@ comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock clean
+.PHONY: install run test lint lock clean serve
 
 install: $(STAMP)
 
@@ -34,3 +34,8 @@ lock: install
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints
+
+# Serve the champion on http://127.0.0.1:5000 (POST /invocations, see README).
+MODEL_URI ?= models:/mnist-gan-generator@champion
+serve: install
+	PATH="$(BIN):$$PATH" $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5000

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = (ROOT.parent / "shared" / "data" / "mnist.npz").resolve()
 # Fast settings shared by the tests that train: the tiny preset on a slice of the real digits.
 TINY = ["--preset", "tiny", "--train-images", "256", "--batch-size", "64", "--log-every", "2"]
+# The evaluator classifier is trained once (about a minute) and reused by every test and test run.
+TEST_CACHE = ROOT / ".pytest_cache" / "mnist-gan-cache"
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +27,8 @@ def mnist_path() -> Path:
 def cli_env(tmp_path: Path, backend: str = "tensorflow", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", MNIST_GAN_CACHE=str(TEST_CACHE),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.update(extra)
     return env
 

@@ -132,9 +132,12 @@ def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = Non
         if nested and not dry_run:
             mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
                              "challenger_version": decision.challenger})
-    verdict = "promote" if decision.promote else "keep the champion"
-    print(f"promote{' (dry run)' if dry_run else ''}: {verdict}: {name} version {decision.challenger} "
-          f"vs champion {decision.champion or 'none'}: {decision.reason}")
+    would = "would " if dry_run else ""
+    if decision.promote:
+        verdict = f"{would}promote {name} version {decision.challenger} to champion"
+    else:
+        verdict = f"{would}keep the champion (version {decision.champion}), refuse {decision.challenger}"
+    print(f"promote{' (dry run)' if dry_run else ''}: {verdict}: {decision.reason}")
     return decision
 
 

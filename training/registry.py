@@ -55,7 +55,7 @@ def register_generator(generator_file: Path, name: str, training_run_id: str,
         name="generator", python_model=str(SERVING_CODE), artifacts={"generator": str(generator_file)},
         code_paths=[str(SERVING_CODE.parent)], signature=SIGNATURE, input_example=input_example,
         pip_requirements=_requirements())
-    version = mlflow.register_model(info.model_uri, name).version
+    version = str(mlflow.register_model(info.model_uri, name).version)
     client = MlflowClient()
     all_tags = {"training_run_id": training_run_id, **tags,
                 **{f"eval.{k}": str(v) for k, v in evaluation.items()}}
@@ -119,7 +119,7 @@ def copy_to_registry(name: str, version: str, target_uri: str, target_name: str 
     target_name = target_name or name
     source_client = MlflowClient()
     if target_uri == mlflow.get_registry_uri():
-        copied = source_client.copy_model_version(f"models:/{name}/{version}", target_name).version
+        copied = str(source_client.copy_model_version(f"models:/{name}/{version}", target_name).version)
         target_client = source_client
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,8 +132,8 @@ def copy_to_registry(name: str, version: str, target_uri: str, target_name: str 
             target_client.log_artifacts(run.info.run_id, local, "generator")
             target_client.set_terminated(run.info.run_id)
             _ensure_registered_model(target_client, target_name)
-            copied = target_client.create_model_version(
-                target_name, f"{run.info.artifact_uri}/generator", run_id=run.info.run_id).version
+            copied = str(target_client.create_model_version(
+                target_name, f"{run.info.artifact_uri}/generator", run_id=run.info.run_id).version)
     for key, value in source_client.get_model_version(name, version).tags.items():
         if not key.startswith("promotion."):
             target_client.set_model_version_tag(target_name, copied, key, value)
@@ -151,7 +151,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

@@ -1,0 +1,64 @@
+"""The metric math on small arrays whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+
+@pytest.fixture
+def gaussian():
+    return np.random.default_rng(0).normal(size=(4000, 8))
+
+
+def test_frechet_distance_is_zero_for_one_distribution_and_the_squared_shift_for_a_moved_one(gaussian):
+    assert metrics.frechet_distance(gaussian, gaussian) == pytest.approx(0.0, abs=1e-6)
+    shift = np.arange(8) / 4.0
+    assert metrics.frechet_distance(gaussian, gaussian + shift) == pytest.approx((shift**2).sum(), rel=1e-6)
+
+
+def test_frechet_distance_of_a_collapsed_set_is_finite(gaussian):
+    collapsed = np.repeat(gaussian[:1], 100, axis=0)
+    assert np.isfinite(metrics.frechet_distance(gaussian, collapsed))
+
+
+def test_classifier_score_spans_1_to_10():
+    confident_uniform = np.eye(10)[np.arange(1000) % 10]
+    assert metrics.classifier_score(confident_uniform) == pytest.approx(10.0, rel=1e-6)
+    assert metrics.classifier_score(np.tile(np.eye(10)[3], (50, 1))) == pytest.approx(1.0)
+    assert metrics.classifier_score(np.full((50, 10), 0.1)) == pytest.approx(1.0)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_another(gaussian):
+    same, same_err = metrics.kernel_inception_distance(gaussian[:2000], gaussian[2000:], subsets=20,
+                                                       subset_size=500)
+    moved, moved_err = metrics.kernel_inception_distance(gaussian, gaussian + 1.0, subsets=20,
+                                                         subset_size=500)
+    assert abs(same) < 3 * same_err + 1e-3
+    assert moved > 10 * moved_err > 0
+
+
+def test_precision_and_recall_see_fidelity_and_diversity(gaussian):
+    real, fake = gaussian[:2000], gaussian[2000:]
+    precision, recall = metrics.precision_recall(real, fake)
+    assert precision > 0.8 and recall > 0.8  # k=3 manifolds miss some of the tails
+    far_precision, far_recall = metrics.precision_recall(real, fake + 100.0)
+    assert far_precision == far_recall == 0.0
+    # Collapse onto one realistic point: every sample is plausible, none of the variety is there.
+    collapsed_precision, collapsed_recall = metrics.precision_recall(real, np.repeat(real[:1], 500, 0))
+    assert collapsed_precision == 1.0 and collapsed_recall < 0.01
+
+
+def test_class_coverage_counts_classes_and_distance_to_uniform():
+    uniform = metrics.class_coverage(np.eye(10)[np.arange(100) % 10])
+    assert uniform == {"histogram": [10] * 10, "classes_covered": 10, "kl_to_uniform": 0.0}
+    one_class = metrics.class_coverage(np.tile(np.eye(10)[7], (30, 1)))
+    assert one_class["classes_covered"] == 1 and one_class["histogram"][7] == 30
+    assert one_class["kl_to_uniform"] == pytest.approx(np.log(10))
+
+
+def test_wrong_rank_is_a_value_error():
+    with pytest.raises(ValueError, match=r"real must have shape \(N >= 2, D\)"):
+        metrics.frechet_distance(np.zeros(5), np.zeros((5, 2)))

@@ -14,21 +14,29 @@ import yaml
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 from tests.services import mlflow_server
-from training.config import parameter_fields
+from training.config import DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, parameter_fields
+from training.promotion import PromotionRule
 
 MLFLOW_TYPES = {"int": "int", "float": "float", "str": "string", "bool": "string"}
 
 
 def test_mlproject_parameters_are_the_config_defaults():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
-    parameters = project["entry_points"]["main"]["parameters"]
-    assert list(parameters) == [f.name for f in parameter_fields()]
-    for field in parameter_fields():
-        spec = parameters[field.name]
-        assert spec["type"] == MLFLOW_TYPES[field.type], field.name
-        default = str(field.default).lower() if field.type == "bool" else field.default
-        assert spec["default"] == default, field.name
-        assert f"{{{field.name}}}" in project["entry_points"]["main"]["command"]
+    rule = PromotionRule()
+    extras = {"samples": ("int", DEFAULT_EVAL_SAMPLES), "model_name": ("string", DEFAULT_MODEL_NAME),
+              "min_fid_gain": ("float", rule.min_fid_gain), "max_classes_lost": ("int", rule.max_classes_lost)}
+    for entry_point, extra in (("train", {}), ("main", extras)):
+        spec = project["entry_points"][entry_point]
+        parameters = spec["parameters"]
+        assert list(parameters) == [f.name for f in parameter_fields()] + list(extra), entry_point
+        for field in parameter_fields():
+            default = str(field.default).lower() if field.type == "bool" else field.default
+            assert parameters[field.name] == {"type": MLFLOW_TYPES[field.type], "default": default}
+        for name, (kind, default) in extra.items():
+            assert parameters[name] == {"type": kind, "default": default}
+        for name in parameters:
+            assert f"{{{name}}}" in spec["command"], (entry_point, name)
+    assert set(project["entry_points"]) == {"main", "train", "evaluate", "register", "promote", "rollback"}
 
 
 def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path, epochs: int) -> None:
@@ -58,21 +66,31 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
     assert fake.shape == (3, 28, 28, 1)
 
 
-def test_mlflow_run_main_entry_point_leaves_a_complete_run(tmp_path, mnist_path):
+def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist_path):
     env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     params = {"preset": "tiny", "data": str(mnist_path), "train_images": 256, "batch_size": 64,
-              "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt")}
+              "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "samples": 500}
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
                "--experiment-name", "project-test"]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    (run,) = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
-    _check_complete_run(client, run.info.run_id, tmp_path, epochs=2)
+    runs = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    _check_complete_run(client, children["train"].info.run_id, tmp_path, epochs=2)
+    tags = parent.data.tags
+    assert tags["training_run_id"] == children["train"].info.run_id
+    assert tags["evaluation_run_id"] == children["evaluate"].info.run_id and tags["promoted"] == "true"
+    assert "fid" in parent.data.metrics and "reference_fid" in children["evaluate"].data.metrics
+    champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+    assert str(champion.version) == tags["registered_version"] == "1"
+    assert champion.tags["training_run_id"] == children["train"].info.run_id
 
 
 def test_training_tracks_to_an_http_tracking_server(tmp_path, mnist_path):

@@ -1,0 +1,47 @@
+"""Wall time of one sample evaluation (10,000 samples by default) on this machine, by stage.
+
+    python benchmarks/evaluation_time.py --data ../shared/data/mnist.npz [--preset seed] [--samples 10000]
+
+The generator is a freshly built one of the preset (its weights do not change the work done); the
+evaluator is the cached one (trained first if absent, outside the timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from training import evaluation, evaluator, preprocess
+from training.data import load_mnist
+from training.models import PRESET_WIDTHS, build_generator
+from training.sampling import generate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESET_WIDTHS))
+    parser.add_argument("--samples", type=int, default=10_000)
+    args = parser.parse_args()
+    mnist = load_mnist(args.data)
+    judge = evaluator.load_or_train(mnist)
+    generator = build_generator(PRESET_WIDTHS[args.preset])
+    generate(generator, 10)  # build and warm up outside the timing
+
+    started = time.perf_counter()
+    fake = generate(generator, args.samples)
+    generated = time.perf_counter()
+    real_features, _ = judge.features_and_probabilities(preprocess.to_unit_range(mnist.x_test))
+    evaluation.score(judge, fake, real_features)
+    scored = time.perf_counter()
+    evaluation.evaluate(generator, mnist, judge, n=args.samples)
+    whole = time.perf_counter() - scored
+    print(json.dumps({"preset": args.preset, "samples": args.samples,
+                      "generate_s": round(generated - started, 2),
+                      "score_s": round(scored - generated, 2),
+                      "evaluate_with_reference_s": round(whole, 2)}))
+
+
+if __name__ == "__main__":
+    main()

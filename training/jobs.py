@@ -96,8 +96,12 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     from training.sampling import generator_path
 
     client = mlflow.MlflowClient()
-    evaluated = client.get_run(evaluation_run_id).data.metrics
-    missing = [m for m in evaluation.HEADLINE if m not in evaluated]
+    evaluation_run = client.get_run(evaluation_run_id).data
+    evaluated = dict(evaluation_run.metrics)
+    if "samples" in evaluation_run.params:
+        evaluated["samples"] = float(evaluation_run.params["samples"])
+    needed = (*evaluation.HEADLINE, "samples")
+    missing = [m for m in needed if m not in evaluated]
     if missing:
         raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
     trained = client.get_run(training_run_id).data.params
@@ -106,7 +110,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     with tracking.start_run(nested=nested, name="register"):
         version = registry.register_generator(
             generator_path(f"runs:/{training_run_id}"), name, training_run_id,
-            {m: evaluated[m] for m in evaluation.HEADLINE}, tags)
+            {m: evaluated[m] for m in needed}, tags)
         mlflow.set_tags({"registered_model": name, "registered_version": version})
     print(f"register: {name} version {version} is '{registry.CHALLENGER}'")
     return version

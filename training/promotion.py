@@ -16,6 +16,9 @@ class PromotionRule:
     def decide(self, challenger: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
         if champion is None:
             return True, "no champion yet: the first evaluated model becomes champion"
+        if challenger["samples"] != champion["samples"]:
+            return False, (f"not comparable: evaluated on {challenger['samples']:g} samples, the champion "
+                           f"on {champion['samples']:g} (evaluate both with the same N)")
         fid_gain = champion["fid"] - challenger["fid"]
         classes_lost = champion["classes_covered"] - challenger["classes_covered"]
         checks = [

@@ -67,10 +67,10 @@ def register_generator(generator_file: Path, name: str, training_run_id: str,
 
 def version_metrics(client: MlflowClient, name: str, version: str) -> dict[str, float]:
     tags = client.get_model_version(name, version).tags
-    missing = [m for m in HEADLINE if f"eval.{m}" not in tags]
+    missing = [m for m in (*HEADLINE, "samples") if f"eval.{m}" not in tags]
     if missing:
         raise RegistryError(f"{name} version {version} has no evaluation ({', '.join(missing)} missing)")
-    return {m: float(tags[f"eval.{m}"]) for m in HEADLINE}
+    return {m: float(tags[f"eval.{m}"]) for m in (*HEADLINE, "samples")}
 
 
 def promote(name: str, rule: PromotionRule, dry_run: bool = False,

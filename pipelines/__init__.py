@@ -1,1 +1,1 @@
-"""Kubeflow pipelines: wiring of `components/` only (they arrive with the pipeline issue)."""
+"""Kubeflow pipelines: wiring of `components/` only."""

@@ -69,22 +69,31 @@ def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = 3) 
     """The cached evaluator for this MNIST file, trained (seeded, ~1 minute on 2 CPU cores) if absent."""
     key = f"{EVALUATOR_VERSION}-{mnist.sha256[:16]}"
     directory = (cache_dir or CACHE_DIR / "evaluator") / key
-    model_path, meta_path = directory / "classifier.keras", directory / "meta.json"
-    if model_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        classifier = keras.saving.load_model(model_path, safe_mode=True)
-        return Evaluator(classifier, key, meta["test_accuracy"])
+    if (directory / "meta.json").is_file():
+        return load(directory)
     classifier, accuracy = _train(mnist, epochs)
     if accuracy < MIN_TEST_ACCURACY:
         raise EvaluatorError(f"evaluator reached {accuracy:.4f} test accuracy, below {MIN_TEST_ACCURACY}")
+    judge = Evaluator(classifier, key, accuracy)
+    save(judge, directory)
+    return judge
+
+
+def save(judge: Evaluator, directory: Path) -> None:
+    """classifier.keras, then meta.json: a folder counts as complete once meta.json exists."""
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:  # publish both files only when complete
-        classifier.save(Path(tmp) / "classifier.keras")
-        os.replace(Path(tmp) / "classifier.keras", model_path)
-    meta_tmp = meta_path.with_suffix(".tmp")
-    meta_tmp.write_text(json.dumps({"test_accuracy": accuracy, "key": key, "epochs": epochs}))
-    os.replace(meta_tmp, meta_path)
-    return Evaluator(classifier, key, accuracy)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        judge.classifier.save(Path(tmp) / "classifier.keras")
+        os.replace(Path(tmp) / "classifier.keras", directory / "classifier.keras")
+        meta = Path(tmp) / "meta.json"
+        meta.write_text(json.dumps({"test_accuracy": judge.test_accuracy, "key": judge.key}))
+        os.replace(meta, directory / "meta.json")
+
+
+def load(directory: Path) -> Evaluator:
+    meta = json.loads((directory / "meta.json").read_text())
+    classifier = keras.saving.load_model(directory / "classifier.keras", safe_mode=True)
+    return Evaluator(classifier, meta["key"], meta["test_accuracy"])
 
 
 def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:

@@ -58,8 +58,9 @@ def train(config: TrainConfig, mnist=None, nested: bool = False):
 
 
 def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
-             training_run_id: str | None = None, mnist=None, nested: bool = False):
-    """Score `samples` images of the generator against the test split; returns (run id, Evaluation)."""
+             training_run_id: str | None = None, mnist=None, nested: bool = False, judge=None):
+    """Score `samples` images of the generator against the test split; returns (run id, Evaluation).
+    `judge` is the evaluator to use; by default the cached one for this data."""
     import mlflow
 
     from training import evaluation, evaluator, report, tracking
@@ -68,7 +69,7 @@ def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
 
     mnist = mnist or load_mnist(data)
     generator = load_generator(generator_uri)
-    judge = evaluator.load_or_train(mnist)
+    judge = judge or evaluator.load_or_train(mnist)
     result = evaluation.evaluate(generator, mnist, judge, n=samples, seed=seed)
     with tracking.start_run(nested=nested, name="evaluate") as run:
         mlflow.log_params({"generator_uri": generator_uri, "samples": samples, "seed": seed,

@@ -38,6 +38,8 @@ def generator_path(uri: str) -> Path:
     if uri.startswith("runs:/"):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{GENERATOR_ARTIFACT}"))
     path = Path(uri)
+    if (path / "generator.keras").is_file():  # a folder holding it, e.g. a Kubeflow Model artifact
+        return path / "generator.keras"
     if path.suffix == ".keras":
         if not path.is_file():
             raise FileNotFoundError(f"generator {uri}: no such file")

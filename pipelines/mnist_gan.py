@@ -63,7 +63,7 @@ def build(settings: ClusterSettings = ClusterSettings()):
         gate = gan.evaluation_gate(evaluation_run_id=scored.outputs["Output"],
                                    min_classes_covered=min_classes_covered)
         tracked = [prep, train, scored, registered, gate]
-        with dsl.If(gate.output == True):  # noqa: E712 (a KFP condition, not Python)
+        with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
             promoted = gan.promote(parent_run_id=parent, model_name=model_name,
                                    min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             promoted.after(registered)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="point 'champion' back at the previous champion")
     rollback.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
 
+    pipeline = commands.add_parser("pipeline", help="compile, run locally or submit the Kubeflow pipeline")
+    actions = pipeline.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    cluster = _Parser(add_help=False)
+    cluster.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator type of the training task")
+    cluster.add_argument("--gpu-count", type=_bounded("gpu_count", int, 1, 16), default=1)
+    cluster.add_argument("--cpu-only", action="store_true", help="train without requesting a GPU")
+    cluster.add_argument("--secret", default="mnist-gan-tracking",
+                         help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see README)")
+    arguments = _Parser(add_help=False)
+    arguments.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                           help="pipeline parameter (repeatable), e.g. -p epochs=2")
+    compile_ = actions.add_parser("compile", parents=[cluster], help="write the pipeline YAML")
+    compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
+    local = actions.add_parser("run-local", parents=[arguments], help="run every task here (kfp.local)")
+    local.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"))
+    submit = actions.add_parser("submit", parents=[cluster, arguments], help="start a run on a cluster")
+    submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
+    submit.add_argument("--namespace", default=None)
+    submit.add_argument("--experiment", default="mnist-gan")
+    submit.add_argument("--run-name", default=None)
+    submit.add_argument("--token", default=None, help="bearer token (or set KF_PIPELINES_TOKEN)")
+    submit.add_argument("--cookie", default=None, help="session cookie, e.g. authservice_session=...")
+    submit.add_argument("--wait", action="store_true", help="wait for the run; exit 1 if it fails")
+
     sample = commands.add_parser("sample", help="write N generated digits to .npz and a PNG grid")
     sample.add_argument("--model-uri", required=True,
                         help="models:/<name>@<alias>, runs:/<id>, a run id or a .keras file")
@@ -162,11 +187,38 @@ def _prepare(args: argparse.Namespace):
         return lambda: jobs.promote(args.name, rule, args.dry_run, args.to_registry_uri, args.to_name)
     if args.command == "rollback":
         return lambda: jobs.rollback(args.name)
+    if args.command == "pipeline":
+        return _prepare_pipeline(args)
     if args.out.exists():
         raise ConfigError(f"out={args.out} exists; choose a new file (nothing is overwritten)")
     if args.out.suffix != ".npz":
         raise ConfigError(f"out must end in .npz (got {args.out})")
     return lambda: jobs.sample(args.model_uri, args.count, args.seed, args.out)
+
+
+def _prepare_pipeline(args: argparse.Namespace):
+    from pipelines import runner
+    from pipelines.mnist_gan import ClusterSettings
+
+    if args.action == "compile" or args.action == "submit":
+        settings = ClusterSettings(secret_name=args.secret, gpu_type=args.gpu_type,
+                                   gpu_count=args.gpu_count, cpu_only=args.cpu_only)
+    if args.action == "compile":
+        return lambda: print(f"pipeline: wrote {runner.compile_pipeline(args.output, settings)}")
+    pairs = [p.split("=", 1) for p in args.param]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError("each -p must be KEY=VALUE")
+    arguments = runner.check_arguments(dict(pairs))
+    if args.action == "run-local":
+        return lambda: runner.run_local(arguments, args.pipeline_root)
+
+    def submit():
+        token = args.token or os.environ.get("KF_PIPELINES_TOKEN")
+        run_id, url = runner.submit(args.host, arguments, settings, args.namespace, args.experiment,
+                                    args.run_name, token, args.cookie, args.wait)
+        print(f"pipeline: submitted run {run_id}: {url}")
+
+    return submit
 
 
 def _run(command: str, run) -> int:
@@ -182,7 +234,7 @@ def _run(command: str, run) -> int:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
         print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (NonFiniteLoss, RegistryError, MlflowException) as err:
+    except (NonFiniteLoss, RegistryError, MlflowException, RuntimeError, OSError) as err:
         print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except Preempted as err:

@@ -1,0 +1,76 @@
+"""Compile the pipeline, run it with the local runner, or submit it to a Kubeflow Pipelines cluster."""
+
+import datetime
+from pathlib import Path
+
+from pipelines.mnist_gan import ClusterSettings, build, compile_to
+
+TERMINAL_FAILURES = ("FAILED", "CANCELED", "CANCELING", "SKIPPED")
+
+
+def pipeline_parameters() -> dict:
+    """Name -> default of every pipeline parameter, read from the compiled pipeline's signature."""
+    return {name: spec.default for name, spec in build().component_spec.inputs.items()}
+
+
+def check_arguments(arguments: dict) -> dict:
+    """Refuse unknown names and values that do not parse as the parameter's type; returns typed values."""
+    defaults = pipeline_parameters()
+    unknown = sorted(set(arguments) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameter(s): {', '.join(unknown)}")
+    typed = {}
+    for name, raw in arguments.items():
+        kind = type(defaults[name])
+        try:
+            typed[name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise ValueError(f"{name} must be {kind.__name__} like its default {defaults[name]!r} "
+                             f"(got {raw!r})") from None
+    return typed
+
+
+def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compile_to(str(output), settings)
+    return output
+
+
+def run_local(arguments: dict, pipeline_root: Path) -> None:
+    """The whole pipeline in this Python environment (kfp.local SubprocessRunner, no venv)."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    build(ClusterSettings(cpu_only=True))(**arguments)
+
+
+def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str | None = None,
+           experiment: str = "mnist-gan", run_name: str | None = None, token: str | None = None,
+           cookie: str | None = None, wait: bool = False, timeout_s: int = 24 * 3600) -> tuple[str, str]:
+    """Submit a freshly compiled pipeline; returns (run id, run URL). With wait, raises on failure."""
+    import tempfile
+
+    import kfp
+    import kfp_server_api
+    import urllib3
+
+    try:
+        client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token,
+                            cookies=cookie)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings)
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
+                run_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
+    except urllib3.exceptions.HTTPError as err:
+        raise RuntimeError(f"Kubeflow Pipelines at {host} is unreachable ({type(err).__name__})") from None
+    except kfp_server_api.ApiException as err:
+        raise RuntimeError(f"Kubeflow Pipelines at {host} refused the request: HTTP {err.status} "
+                           f"{err.reason}") from None
+    url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+    if wait:
+        state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
+        if str(state).upper() in TERMINAL_FAILURES:
+            raise RuntimeError(f"run {run.run_id} ended {state}: {url}")
+    return run.run_id, url
+

@@ -40,8 +40,11 @@ def start_run(run_id: str | None = None, nested: bool = False, name: str | None 
     """Start a run (or re-open `run_id`, or attach to `mlflow run`'s); it ends FAILED if the body raises."""
     if not (os.environ.get("MLFLOW_RUN_ID") or run_id or mlflow.active_run()):
         mlflow.set_experiment(EXPERIMENT)
+    parent = mlflow.active_run() if nested else None
+    # A child belongs to its parent's experiment, also in a process that re-opened the parent.
+    experiment_id = parent.info.experiment_id if parent and not run_id else None
     with mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
-                          log_system_metrics=True) as run:
+                          experiment_id=experiment_id, log_system_metrics=True) as run:
         yield run
 
 

@@ -1,0 +1,166 @@
+"""The Kubeflow pipeline: compiled YAML, submission to a KFP API, and a whole local run against a real
+MLflow server whose artifacts live in a real S3 store."""
+
+from __future__ import annotations
+
+import boto3
+import mlflow
+import pytest
+import yaml
+
+from pipelines.mnist_gan import SECRET_ENV
+from tests.conftest import ROOT, run_cli
+from tests.kfp_api import KfpApi
+from tests.services import mlflow_server, s3_server
+from training.config import DEFAULT_MODEL_NAME
+
+TRACKED_TASKS = {"preprocess", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    result = run_cli(["pipeline", "compile", "-o", str(path), "--gpu-type", "nvidia.com/gpu",
+                      "--gpu-count", "2"], path.parent, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_the_task_graph(compiled):
+    spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    dependencies = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert dependencies == {
+        "preprocess": set(), "train-gan": {"preprocess"}, "train-classifier": {"preprocess"},
+        "evaluate": {"preprocess", "train-gan", "train-classifier"}, "evaluation-gate": {"evaluate"},
+        "register": {"preprocess", "train-gan", "evaluate"},
+        "condition-1": {"evaluation-gate", "preprocess", "register"}}
+    assert "evaluation-gate-Output" in tasks["condition-1"]["triggerPolicy"]["condition"]
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert list(inner) == ["promote"]
+
+
+def test_only_the_training_task_asks_for_a_gpu(compiled):
+    spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    with_gpu = {name for name, e in executors.items() if "accelerator" in e["container"].get("resources", {})}
+    assert with_gpu == {"exec-train-gan"}
+    resources = executors["exec-train-gan"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "2"
+    assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+    assert spec["root"]["dag"]["tasks"]["train-gan"]["retryPolicy"]["maxRetryCount"] == 2
+    assert executors["exec-train-gan"]["container"]["image"].endswith("-cuda")
+
+
+def test_cpu_only_compiles_without_an_accelerator(tmp_path):
+    path = tmp_path / "cpu.yaml"
+    assert run_cli(["pipeline", "compile", "-o", str(path), "--cpu-only"], tmp_path, timeout=120).returncode == 0
+    assert "accelerator" not in path.read_text()
+
+
+def test_credentials_come_from_the_secret_never_from_parameters(compiled):
+    spec, kubernetes = compiled
+    assert {f"exec-{t}" for t in TRACKED_TASKS} == set(kubernetes)
+    for executor in kubernetes.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "mnist-gan-tracking"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == set(SECRET_ENV)
+    parameters = set(spec["root"]["inputDefinitions"]["parameters"])
+    assert not {"MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} & {p.upper() for p in parameters}
+
+
+def test_pipeline_defaults_are_the_mlprojects(compiled):
+    spec, _ = compiled
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]["parameters"]
+    shared = set(parameters) & set(mlproject)
+    assert shared >= {"preset", "epochs", "batch_size", "learning_rate", "beta_1", "z_dim", "n_iter_d",
+                      "n_iter_g", "real_label", "fake_label", "seed", "data", "samples", "model_name"}
+    for name in shared:
+        assert parameters[name]["defaultValue"] == mlproject[name]["default"], name
+    assert set(parameters) - set(mlproject) == {"min_classes_covered"}
+
+
+def test_submit_posts_the_run_with_auth_namespace_and_experiment(tmp_path):
+    api = KfpApi()
+    with api.serve() as host:
+        result = run_cli(["pipeline", "submit", "--host", host, "--namespace", "team-a", "--experiment",
+                          "gan-exp", "--run-name", "nightly", "--token", "secret-token", "-p", "epochs=3",
+                          "-p", "preset=small", "--wait"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{host}/#/runs/details/run-1" in result.stdout
+    assert all(r["headers"].get("authorization") == "Bearer secret-token" for r in api.requests)
+    (experiment,) = [r for r in api.requests if r["method"] == "POST" and r["path"].endswith("/experiments")]
+    assert experiment["body"]["display_name"] == "gan-exp" and experiment["body"]["namespace"] == "team-a"
+    (run,) = [r for r in api.requests if r["method"] == "POST" and r["path"].endswith("/runs")]
+    assert run["body"]["display_name"] == "nightly" and run["body"]["experiment_id"] == "exp-1"
+    assert run["body"]["runtime_config"]["parameters"] == {"epochs": 3, "preset": "small"}
+    assert run["body"]["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "mnist-gan"
+    assert "secretAsEnv" in str(run["body"]["pipeline_spec"]["platform_spec"])
+    assert "secret-token" not in str(run["body"])
+
+
+def test_submit_with_a_cookie_and_a_failing_run(tmp_path):
+    api = KfpApi(final_state="FAILED")
+    with api.serve() as host:
+        result = run_cli(["pipeline", "submit", "--host", host, "--cookie", "authservice_session=abc",
+                          "--wait"], tmp_path, timeout=120)
+    assert result.returncode == 1 and "ended FAILED" in result.stderr
+    assert all(r["headers"].get("cookie") == "authservice_session=abc" for r in api.requests)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["-p", "epochs=many"], "epochs must be int"),
+    (["-p", "epoch=2"], "unknown pipeline parameter(s): epoch"),
+    (["-p", "epochs"], "each -p must be KEY=VALUE"),
+])
+def test_submit_refuses_bad_parameters_before_calling(tmp_path, flags, message):
+    api = KfpApi()
+    with api.serve() as host:
+        result = run_cli(["pipeline", "submit", "--host", host, *flags], tmp_path, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and not api.requests
+
+
+def test_submit_to_an_unreachable_host_fails_clearly(tmp_path):
+    from tests.services import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(["pipeline", "submit", "--host", host], tmp_path, timeout=300)
+    assert result.returncode == 1 and f"Kubeflow Pipelines at {host} is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_path):
+    with s3_server(tmp_path / "s3") as s3_env, \
+            mlflow_server(tmp_path / "mlflow", "s3://mnist-gan/mlflow",
+                          env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]}) as uri:
+        params = {"data": str(mnist_path), "preset": "tiny", "train_images": 512, "epochs": 1,
+                  "batch_size": 64, "samples": 500, "min_classes_covered": 0, "log_every": 2,
+                  "checkpoint_dir": str(tmp_path / "ckpt")}
+        flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
+        result = run_cli(["pipeline", "run-local", *flags, "--pipeline-root", str(tmp_path / "root")],
+                         tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+        client = mlflow.MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert parent.data.tags["kfp_run"]
+        children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
+        train = children["train"]
+        assert train.data.params["preset"] == "tiny" and "d_loss" in train.data.metrics
+        assert len(client.get_metric_history(train.info.run_id, "g_loss")) >= 2
+
+        s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mnist-gan", Prefix="mlflow/")["Contents"]]
+        (report_key,) = [k for k in keys if k.endswith(f"{children['evaluate'].info.run_id}/artifacts/report/report.html")]
+        assert b"<h1>Evaluation of" in s3.get_object(Bucket="mnist-gan", Key=report_key)["Body"].read()
+
+        champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+        assert champion.tags["training_run_id"] == train.info.run_id
+        assert (tmp_path / "root").is_dir()

@@ -8,7 +8,7 @@ comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock clean serve
+.PHONY: install run test lint lock clean serve services image push
 
 install: $(STAMP)
 
@@ -26,7 +26,8 @@ test: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check training tests
+	$(BIN)/ruff check training components pipelines infra tests benchmarks
+	$(BIN)/hadolint infra/docker/Dockerfile
 
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install
@@ -39,3 +40,21 @@ clean:
 MODEL_URI ?= models:/mnist-gan-generator@champion
 serve: install
 	PATH="$(BIN):$$PATH" $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5000
+
+# A real MLflow server (sqlite) with artifacts in a real S3 store (SeaweedFS), on 127.0.0.1; Ctrl-C stops.
+services: install
+	PATH="$(BIN):$$PATH" $(BIN)/python -m infra.local_stack
+
+# Component images: CPU, CUDA (training) and tracking server. make image push REGISTRY=ghcr.io/org TAG=0.1.0
+REGISTRY ?= ghcr.io/mnist-gan
+TAG ?= 0.1.0
+IMAGE := $(REGISTRY)/mnist-gan:$(TAG)
+image:
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=cpu -t $(IMAGE) .
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=gpu -t $(IMAGE)-cuda .
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=cpu,server -t $(IMAGE)-server .
+
+push: image
+	docker push $(IMAGE)
+	docker push $(IMAGE)-cuda
+	docker push $(IMAGE)-server

@@ -6,7 +6,7 @@ import boto3
 import numpy as np
 import pytest
 
-from tests.services import s3_server
+from infra.local_stack import s3_server
 from training.data import KNOWN_SHA256, DataError, load_mnist, read_npz
 from training.preprocess import epoch_batches, steps_per_epoch, to_unit_range
 

@@ -8,10 +8,10 @@ import mlflow
 import pytest
 import yaml
 
+from infra.local_stack import mlflow_server, s3_server
 from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import ROOT, run_cli
 from tests.kfp_api import KfpApi
-from tests.services import mlflow_server, s3_server
 from training.config import DEFAULT_MODEL_NAME
 
 TRACKED_TASKS = {"preprocess", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
@@ -124,7 +124,7 @@ def test_submit_refuses_bad_parameters_before_calling(tmp_path, flags, message):
 
 
 def test_submit_to_an_unreachable_host_fails_clearly(tmp_path):
-    from tests.services import free_port
+    from infra.local_stack import free_port
 
     host = f"http://127.0.0.1:{free_port()}"
     result = run_cli(["pipeline", "submit", "--host", host], tmp_path, timeout=300)

@@ -12,8 +12,8 @@ import mlflow
 import numpy as np
 import yaml
 
+from infra.local_stack import mlflow_server
 from tests.conftest import ROOT, TINY, cli_env, run_cli
-from tests.services import mlflow_server
 from training.config import DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, parameter_fields
 from training.promotion import PromotionRule
 

@@ -15,8 +15,8 @@ import mlflow
 import numpy as np
 import pytest
 
+from infra.local_stack import background, free_port, wait_until
 from tests.conftest import cli_env, run_cli
-from tests.services import _process, _wait_until, free_port
 from training.data import load_mnist
 from training.evaluation import HEADLINE, LOWER_IS_BETTER
 
@@ -208,8 +208,8 @@ def test_mlflow_models_serve_answers_with_images_and_4xx_for_bad_requests(lab):
     args = [mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
             "-h", "127.0.0.1", "-p", str(port)]
     log = lab.directory / "serve.log"
-    with _process(args, log, env) as server:
-        _wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200,
+    with background(args, log, env) as server:
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200,
                     "mlflow models serve", server, log, timeout=180)
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = _post(url, {"dataframe_split": {"columns": ["seed", "n"], "data": [[7, 3], [8, 2]]}})

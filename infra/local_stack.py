@@ -1,4 +1,5 @@
-"""Real servers for tests, on 127.0.0.1 only: an S3 store (SeaweedFS) and an MLflow tracking server.
+"""Real servers on 127.0.0.1 only, for tests and `make services`: an S3 store (SeaweedFS) and an
+MLflow tracking server.
 
 Each is a context manager that starts the process, waits until it answers, and always stops it.
 """
@@ -24,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -37,7 +38,7 @@ def _wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout:
 
 
 @contextlib.contextmanager
-def _process(args: list[str], log: Path, env: dict[str, str]):
+def background(args: list[str], log: Path, env: dict[str, str]):
     with open(log, "w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
@@ -67,7 +68,7 @@ def s3_server(directory: Path, bucket: str = "mnist-gan"):
     args = [weed, "mini", f"-dir={directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.port={port}", "-webdav=false", "-admin.ui=false", *ports]
     endpoint = f"http://127.0.0.1:{port}"
-    with _process(args, directory / "weed.log", env) as process:
+    with background(args, directory / "weed.log", env) as process:
         import boto3
         import botocore.exceptions
 
@@ -83,7 +84,7 @@ def s3_server(directory: Path, bucket: str = "mnist-gan"):
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                 return False  # not up yet: connection refused, or 503 while the filer starts
 
-        _wait_until(bucket_created, "SeaweedFS", process, directory / "weed.log")
+        wait_until(bucket_created, "SeaweedFS", process, directory / "weed.log")
         yield s3_env
 
 
@@ -98,7 +99,40 @@ def mlflow_server(directory: Path, artifacts_destination: str | None = None, env
             "--artifacts-destination", artifacts_destination or str(directory / "artifacts")]
     server_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     uri = f"http://127.0.0.1:{port}"
-    with _process(args, directory / "mlflow-server.log", server_env) as process:
-        _wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200,
+    with background(args, directory / "mlflow-server.log", server_env) as process:
+        wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200,
                     "mlflow server", process, directory / "mlflow-server.log", timeout=120)
         yield uri
+
+
+def main() -> None:
+    """`make services`: a real MLflow server (sqlite) with its artifacts in a real S3 store, on
+    127.0.0.1, until Ctrl-C or SIGTERM; prints the environment that points the project at it."""
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dir", type=Path, default=Path("outputs/services"))
+    parser.add_argument("--bucket", default="mnist-gan")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with s3_server(args.dir / "s3", args.bucket) as s3_env:
+        endpoint = s3_env["AWS_ENDPOINT_URL"]
+        with mlflow_server(args.dir / "mlflow", f"s3://{args.bucket}/mlflow",
+                           env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint}) as uri:
+            print("# services up; in another shell:")
+            print(f"export MLFLOW_TRACKING_URI={uri}")
+            for key, value in s3_env.items():
+                print(f"export {key}={value}")
+            print("# Ctrl-C stops both", flush=True)
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    print("# services stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -164,3 +164,17 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
         champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
         assert champion.tags["training_run_id"] == train.info.run_id
         assert (tmp_path / "root").is_dir()
+
+
+def test_training_component_inputs_have_the_config_defaults():
+    from components.gan import train_gan
+    from training.config import TrainConfig
+
+    inputs = train_gan.component_spec.inputs
+    defaults = TrainConfig().to_dict()
+    for name, spec in inputs.items():
+        if name in ("dataset", "parent_run_id", "resume", "data"):
+            continue
+        assert spec.default == defaults[name], name
+    assert inputs["resume"].default == "false"
+    assert set(defaults) - set(inputs) == {"data"}, "data reaches training as the dataset artifact"

@@ -200,7 +200,8 @@ def _prepare_pipeline(args: argparse.Namespace):
     from pipelines import runner
     from pipelines.mnist_gan import ClusterSettings
 
-    if args.action == "compile" or args.action == "submit":
+    settings = None
+    if args.action in ("compile", "submit"):
         settings = ClusterSettings(secret_name=args.secret, gpu_type=args.gpu_type,
                                    gpu_count=args.gpu_count, cpu_only=args.cpu_only)
     if args.action == "compile":

@@ -232,15 +232,15 @@ def _run(command: str, run) -> int:
 
     try:
         run()
+    except Preempted as err:  # before the RuntimeError it derives from
+        print(f"mnist-gan {command}: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
         print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteLoss, RegistryError, MlflowException, RuntimeError, OSError) as err:
         print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except Preempted as err:
-        print(f"mnist-gan {command}: {err}", file=sys.stderr)
-        return EXIT_PREEMPTED
     return 0
 
 

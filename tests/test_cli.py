@@ -50,3 +50,15 @@ def test_corrupt_data_file_is_refused_before_a_run_starts(tmp_path, mnist_path):
     assert f"{truncated}: not a readable .npz file" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unreachable_tracking_server_fails_fast_naming_it_without_credentials(tmp_path, mnist_path):
+    from infra.local_stack import free_port
+
+    port = free_port()
+    result = run_cli(["train", "--data", str(mnist_path), "--preset", "tiny"], tmp_path, timeout=60,
+                     MLFLOW_TRACKING_URI=f"http://alice:s3cret@127.0.0.1:{port}")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in line
+    assert "s3cret" not in result.stderr and "alice" not in result.stderr

@@ -172,6 +172,8 @@ def _prepare(args: argparse.Namespace):
     from training import jobs
 
     rule = PromotionRule(args.min_fid_gain, args.max_classes_lost) if hasattr(args, "min_fid_gain") else None
+    if args.command in ("train", "main", "evaluate", "register", "promote", "rollback"):
+        jobs.check_tracking_server()
     if args.command in ("train", "main"):
         config = config_from_args(args)
         jobs.preflight(config)

@@ -28,6 +28,28 @@ def preflight(config: TrainConfig) -> None:
         raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
 
 
+def check_tracking_server(timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI (without credentials), when an http(s) tracking server does not
+    answer; MLflow itself would retry for minutes. Any HTTP answer, even 401, counts as up."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    shown = parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"MLflow tracking server {shown} is unreachable ({reason}); start it or set "
+                          "MLFLOW_TRACKING_URI") from None
+
+
 def train(config: TrainConfig, mnist=None, nested: bool = False):
     """Train inside an MLflow run (re-opened when resuming); returns (run id, TrainResult)."""
     preflight(config)

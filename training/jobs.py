@@ -115,7 +115,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     """Register the training run's generator with the evaluation run's metrics; returns the version."""
     import mlflow
 
-    from training import evaluation, registry, tracking
+    from training import registry, tracking
     from training.sampling import generator_path
 
     client = mlflow.MlflowClient()
@@ -123,8 +123,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     evaluated = dict(evaluation_run.metrics)
     if "samples" in evaluation_run.params:
         evaluated["samples"] = float(evaluation_run.params["samples"])
-    needed = (*evaluation.HEADLINE, "samples")
-    missing = [m for m in needed if m not in evaluated]
+    missing = [m for m in registry.EVALUATION_KEYS if m not in evaluated]
     if missing:
         raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
     trained = client.get_run(training_run_id).data.params
@@ -133,7 +132,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     with tracking.start_run(nested=nested, name="register"):
         version = registry.register_generator(
             generator_path(f"runs:/{training_run_id}"), name, training_run_id,
-            {m: evaluated[m] for m in needed}, tags)
+            {m: evaluated[m] for m in registry.EVALUATION_KEYS}, tags)
         mlflow.set_tags({"registered_model": name, "registered_version": version})
     print(f"register: {name} version {version} is '{registry.CHALLENGER}'")
     return version
@@ -188,7 +187,7 @@ def main(config: TrainConfig, samples: int, model_name: str, rule) -> None:
         mlflow.set_tags({"training_run_id": training_run_id, "evaluation_run_id": evaluation_run_id,
                          "registered_model": model_name, "registered_version": version,
                          "promoted": str(decision.promote).lower()})
-        mlflow.log_metrics({k: v for k, v in result.metrics.items()})
+        mlflow.log_metrics(result.metrics)
     print(f"main: run {parent.info.run_id} done")
 
 

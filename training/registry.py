@@ -25,6 +25,8 @@ from training.evaluation import HEADLINE
 from training.promotion import PromotionRule
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+# What a version records of its evaluation (as eval.* tags) and what promotion compares.
+EVALUATION_KEYS = (*HEADLINE, "samples")
 SERVING_CODE = Path(training.__file__).parent / "serving.py"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.long, "seed", required=False),
@@ -67,10 +69,10 @@ def register_generator(generator_file: Path, name: str, training_run_id: str,
 
 def version_metrics(client: MlflowClient, name: str, version: str) -> dict[str, float]:
     tags = client.get_model_version(name, version).tags
-    missing = [m for m in (*HEADLINE, "samples") if f"eval.{m}" not in tags]
+    missing = [m for m in EVALUATION_KEYS if f"eval.{m}" not in tags]
     if missing:
         raise RegistryError(f"{name} version {version} has no evaluation ({', '.join(missing)} missing)")
-    return {m: float(tags[f"eval.{m}"]) for m in (*HEADLINE, "samples")}
+    return {m: float(tags[f"eval.{m}"]) for m in EVALUATION_KEYS}
 
 
 def promote(name: str, rule: PromotionRule, dry_run: bool = False,
@@ -91,7 +93,7 @@ def promote(name: str, rule: PromotionRule, dry_run: bool = False,
     client.set_model_version_tag(name, challenger, "promotion.decision",
                                  "promoted" if promote_it else "refused")
     client.set_model_version_tag(name, challenger, "promotion.reason", reason)
-    client.set_model_version_tag(name, challenger, "promotion.time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_model_version_tag(name, challenger, "promotion.time", _now())
     if promote_it:
         if champion:
             client.set_model_version_tag(name, challenger, "promotion.previous_champion", champion)
@@ -109,7 +111,7 @@ def rollback(name: str, client: MlflowClient | None = None) -> tuple[str, str]:
     if not previous:
         raise RegistryError(f"{name} version {champion} replaced no earlier champion: nothing to roll back to")
     client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_model_version_tag(name, champion, "promotion.rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_model_version_tag(name, champion, "promotion.rolled_back", _now())
     return champion, previous
 
 
@@ -156,13 +158,12 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
-def _requirements() -> list[str]:
-    from importlib import metadata
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    pins = []
-    for package in ("mlflow", "keras", "numpy", "pandas", "pillow", "tensorflow", "tensorflow-cpu", "jax"):
-        try:
-            pins.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return pins
+
+def _requirements() -> list[str]:
+    from training.tracking import installed_versions
+
+    packages = ("mlflow", "keras", "numpy", "pandas", "pillow", "tensorflow", "tensorflow-cpu", "jax")
+    return [f"{name}=={version}" for name, version in installed_versions(packages).items()]

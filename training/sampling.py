@@ -20,12 +20,16 @@ def latents(n: int, z_dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, z_dim)).astype(np.float32)
 
 
-def generate(generator: keras.Model, n: int, seed: int = 0, batch_size: int = 1000) -> np.ndarray:
-    """n samples of G(z), z ~ U(-1, 1) drawn from `seed`: (n, 28, 28, 1) float32 in [-1, 1]."""
-    z = latents(n, generator.input_shape[-1], seed)
+def render(generator: keras.Model, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """G(z) in inference mode, in batches: (n, z_dim) -> (n, 28, 28, 1) float32 in [-1, 1]."""
     out = [keras.ops.convert_to_numpy(keras.ops.cast(generator(z[i:i + batch_size], training=False),
-                                                     "float32")) for i in range(0, n, batch_size)]
+                                                     "float32")) for i in range(0, len(z), batch_size)]
     return np.concatenate(out)
+
+
+def generate(generator: keras.Model, n: int, seed: int = 0) -> np.ndarray:
+    """n samples of G(z), z ~ U(-1, 1) drawn from `seed`: (n, 28, 28, 1) float32 in [-1, 1]."""
+    return render(generator, latents(n, generator.input_shape[-1], seed))
 
 
 def generator_path(uri: str) -> Path:

@@ -55,13 +55,10 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.z_dim = int(self.generator.input_shape[-1])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        import keras
-
         from training.images import to_uint8
+        from training.sampling import render
 
-        z = latents_from_request(model_input, self.z_dim)
-        fake = keras.ops.convert_to_numpy(keras.ops.cast(self.generator(z, training=False), "float32"))
-        return to_uint8(fake)
+        return to_uint8(render(self.generator, latents_from_request(model_input, self.z_dim)))
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -35,6 +35,15 @@ class MlflowTracker:
         mlflow.log_artifact(str(grid_path), artifact_path="grids")
 
 
+def installed_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Name -> installed version of those of `packages` that are installed."""
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
+
+
 @contextlib.contextmanager
 def start_run(run_id: str | None = None, nested: bool = False, name: str | None = None):
     """Start a run (or re-open `run_id`, or attach to `mlflow run`'s); it ends FAILED if the body raises."""
@@ -56,9 +65,7 @@ def run_params(config: TrainConfig) -> dict[str, str]:
                   accelerator=backend.accelerator(),
                   compute_precision=resolve_precision(config.precision),
                   python=platform.python_version())
-    for package in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            params[f"version_{package}"] = metadata.version(package)
+    params.update({f"version_{name}": version for name, version in installed_versions(PACKAGES).items()})
     return params
 
 

@@ -8,7 +8,7 @@ comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock clean serve services image push
+.PHONY: install run test lint lock clean serve services image push bench
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ test: install
 lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks
 	$(BIN)/hadolint infra/docker/Dockerfile
+
+# Every CPU benchmark (about 35 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
+# BENCH_PARTS=throughput,quality,jobs,serving picks some (serving needs jobs' model).
+BENCH_DATA ?= $(if $(wildcard ../shared/data/mnist.npz),../shared/data/mnist.npz,https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
+BENCH_PARTS ?= throughput,quality,jobs,serving
+bench: install
+	PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)
 
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install

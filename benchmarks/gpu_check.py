@@ -1,4 +1,5 @@
-"""GPU check of the training library on the JAX backend: step throughput, then a short real training run.
+"""GPU check of the training library on the JAX backend: step throughput, the speedup over the seed
+post's loop, then a short real training run.
 
 Run through `benchmarks/gpu_check.sh` (which sets KERAS_BACKEND=jax). `--cpu` is the dry run: tiny
 preset, few steps, same code path. Writes a JSON report and sample grids under --out.
@@ -105,6 +106,22 @@ def main() -> int:
             row = measure_step(config, images, steps)
             report["throughput"].append(row)
             print(json.dumps(row), flush=True)
+
+    # The seed post's loop (benchmarks/seed_loop.py) against the project's step, rounds interleaved.
+    from benchmarks.throughput import compare
+
+    rounds, steps_per_round = (2, 2) if args.cpu else (5, 10)
+    report["against_seed_loop"] = []
+    for batch, precision, baseline_precision in ((128, "float32", "float32"),
+                                                 (128, "mixed_bfloat16", "float32"),
+                                                 (128, "mixed_bfloat16", "mixed_bfloat16"),
+                                                 (512, "float32", "float32"),
+                                                 (512, "mixed_bfloat16", "float32")):
+        config = TrainConfig(preset=preset, batch_size=batch, precision=precision)
+        row = compare(config, images, rounds, steps_per_round, baseline_precision,
+                      peak_flops=DENSE_BF16_PEAK)
+        report["against_seed_loop"].append(row)
+        print(json.dumps(row), flush=True)
 
     # A real run through the training loop: preset seed, batch 128, precision auto (bf16 on a GPU).
     config = TrainConfig(preset=preset, batch_size=128, epochs=1 if args.cpu else args.epochs,

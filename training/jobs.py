@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from training import checkpoint
@@ -92,12 +93,14 @@ def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
     mnist = mnist or load_mnist(data)
     generator = load_generator(generator_uri)
     judge = judge or evaluator.load_or_train(mnist)
+    started = time.perf_counter()
     result = evaluation.evaluate(generator, mnist, judge, n=samples, seed=seed)
+    evaluation_seconds = time.perf_counter() - started
     with tracking.start_run(nested=nested, name="evaluate") as run:
         mlflow.log_params({"generator_uri": generator_uri, "samples": samples, "seed": seed,
                            "evaluator": judge.key, "evaluator_test_accuracy": judge.test_accuracy,
                            "data_sha256": mnist.sha256})
-        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics({**result.metrics, "evaluation_seconds": evaluation_seconds})
         mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()})
         if training_run_id:
             mlflow.set_tag("training_run_id", training_run_id)

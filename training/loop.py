@@ -50,6 +50,7 @@ class TrainResult:
     history: dict[str, list[tuple[int, float]]]
     grid_paths: list[Path]
     stopped_by: str  # "epochs", "max_steps"
+    train_seconds: float  # wall time of this call of `train`, compilation included
 
 
 def resolve_precision(requested: str) -> str:
@@ -185,6 +186,7 @@ class _Progress:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     grid_paths: list[Path] = field(default_factory=list)
     epoch_values: list[dict[str, float]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
 
     def record(self, values: dict[str, float], step: int) -> None:
         self.epoch_values.append(values)
@@ -222,7 +224,7 @@ class _Progress:
     def result(self, gan: Gan, state, stopped_by: str) -> TrainResult:
         gan.assign(state)
         return TrainResult(gan, self.global_step, self.epoch, self.history, self.grid_paths,
-                           stopped_by)
+                           stopped_by, time.perf_counter() - self.started)
 
 
 class _SigtermFlag:

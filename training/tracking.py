@@ -102,5 +102,6 @@ def log_final(result: TrainResult) -> None:
         result.gan.discriminator.save(tmp / "discriminator.keras")
         mlflow.log_artifact(str(tmp / "generator.keras"), artifact_path="models")
         mlflow.log_artifact(str(tmp / "discriminator.keras"), artifact_path="models")
+    mlflow.log_metric("train_seconds", result.train_seconds, step=result.global_step)
     mlflow.set_tags({"global_step": str(result.global_step), "epochs_done": str(result.epochs_done),
                      "stopped_by": result.stopped_by})

@@ -1,0 +1,126 @@
+"""The CPU benchmarks' results as Markdown tables, written into docs/BENCHMARKS.md between two markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+START, END = "<!-- cpu-benchmarks:start (written by make bench) -->", "<!-- cpu-benchmarks:end -->"
+SEED_GOAL, SMALL_GOAL = 1.0, 2.0  # speedups over the seed loop asked for at presets seed and small
+OVERHEAD_GOAL_S = EVALUATION_GOAL_S = 60
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def throughput(rows: list[dict]) -> str:
+    table = _table(
+        ["backend", "preset", "batch", "precision", "seed loop s/step", "project s/step",
+         "G-step images/s (loop / project)", "speedup median (min-max)",
+         "GFLOP/s (loop / project)", "share of fp32 peak (loop / project)", "fp32 peak GFLOP/s"],
+        [[r["backend"], r["preset"], r["batch"], r["precision"], r["seed_loop_s_per_step"],
+          r["project_s_per_step"], f"{r['seed_loop_g_images_per_s']:,.0f} / {r['project_g_images_per_s']:,.0f}",
+          f"**{r['speedup_median']:.2f}x** ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})",
+          f"{r['seed_loop_gflop_per_s']:.0f} / {r['project_gflop_per_s']:.0f}",
+          f"{r['seed_loop_share_of_peak']:.0%} / {r['project_share_of_peak']:.0%}",
+          r.get("cpu_fp32_peak_gflop_per_s", "")] for r in rows])
+    goals = []
+    for r in rows:
+        goal = {"seed": SEED_GOAL, "small": SMALL_GOAL}.get(r["preset"])
+        if goal:
+            goals.append(f"- {r['backend']}, `{r['preset']}`: goal {goal:g}x, measured "
+                         f"{r['speedup_median']:.2f}x: {_verdict(r['speedup_median'] >= goal)}")
+    return table + "\n\n" + "\n".join(goals)
+
+
+QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "precision", "kid")
+
+
+def quality(results: dict) -> str:
+    recipe = results["project_recipe"]
+    names = {"project": f"project (`{recipe['preset']}`, batch {recipe['batch_size']}, "
+                        f"{recipe['precision']}, {recipe['backend']})",
+             "tutorial": "TF DCGAN tutorial (batch 256, Adam 1e-4)"}
+    rows = [[row["minutes"], names[name], row["steps"], row["epochs"], *(row[c] for c in QUALITY_COLUMNS)]
+            for minutes_rows in zip(results["project"], results["tutorial"])
+            for name, row in zip(("project", "tutorial"), minutes_rows)]
+    rows.append(["-", f"real training images (reference, N = {results['samples']:,})", "-", "-",
+                 *(results["reference"][c] for c in QUALITY_COLUMNS)])
+    table = _table(["minutes", "recipe", "steps", "epochs", "FID (lower better)", "classifier score",
+                    "classes covered", "recall", "precision", "KID"], rows)
+    goals = []
+    for mine, theirs in zip(results["project"], results["tutorial"]):
+        met = (mine["fid"] < theirs["fid"] and mine["classifier_score"] > theirs["classifier_score"]
+               and mine["classes_covered"] == 10)
+        goals.append(f"- {mine['minutes']:g} min: FID {mine['fid']:.1f} vs {theirs['fid']:.1f}, classifier "
+                     f"score {mine['classifier_score']:.2f} vs {theirs['classifier_score']:.2f}, "
+                     f"{mine['classes_covered']:.0f} classes: {_verdict(met)}")
+    return table + "\n\nGoal (the project beats the tutorial on FID and classifier score, all 10 classes):\n" + \
+        "\n".join(goals)
+
+
+def jobs(results: dict) -> str:
+    rows = [[j["job"], j["wall_s"], j["train_s"], f"**{j['overhead_s']}**", j["evaluation_s"],
+             (f"overhead {_verdict(j['overhead_s'] < OVERHEAD_GOAL_S)}, evaluation "
+             f"{_verdict(j['evaluation_s'] < EVALUATION_GOAL_S)}")] for j in results["jobs"]]
+    p = results["params"]
+    return (f"Parameters: preset `{p['preset']}`, {p['train_images']:,} training images, {p['epochs']} epoch, "
+            f"batch {p['batch_size']}, {p['samples']:,} evaluation samples.\n\n"
+            + _table(["job", "wall s", "training s (logged)", "overhead s", f"evaluation of {p['samples']:,} s",
+                      f"goals (< {OVERHEAD_GOAL_S} s each)"], rows))
+
+
+def serving(results: dict) -> str:
+    rows = [[r["images_per_request"], r["clients"], r["requests"], r["p50_ms"], r["p99_ms"], r["max_ms"],
+             r["requests_per_s"], r["errors"]] for r in results["rows"]]
+    return (f"Model `{results['model_uri']}`; the server answered /ping {results['ready_s']} s after start.\n\n"
+            + _table(["images / request", "clients", "requests", "p50 ms", "p99 ms", "max ms", "requests/s",
+                      "errors"], rows))
+
+
+def render(results: dict) -> str:
+    m, seconds = results["machine"], results.get("seconds", {})
+    parts = [START, "## 2 CPU cores: `make bench` (written by `benchmarks/run_all.py`)", "",
+             (f"Run on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
+             f"tensorflow {m['tensorflow']}, keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
+             f"kfp {m['kfp']}. Raw results: [`benchmarks-cpu.json`](benchmarks-cpu.json)."),
+             "", "```bash", "make bench        # = python -m benchmarks.run_all --data ../shared/data/mnist.npz",
+             "```", "",
+             "Wall time per part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
+             + f"; in all {sum(seconds.values()) / 60:.1f} min.", ""]
+    sections = (("throughput", "### Throughput: the project's compiled step against the seed post's loop",
+                 throughput,
+                 ("One step = 1 D + 5 G updates at batch 128, fp32. Rounds alternate loop / project after one "
+                 "warm-up step each; the speedup is the ratio per round pair. FLOPs per step are counted from "
+                 "the layers (`benchmarks/flops.py`); the fp32 peak is the backend's best large matrix "
+                 "product on this machine, measured in the same process.")),
+                ("quality", "### Sample quality per minute of training", quality,
+                 ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone on "
+                 "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images.")),
+                ("jobs", "### What the jobs cost around training", jobs,
+                 ("Overhead = wall time of the whole command minus the `train_seconds` its training run "
+                 "logged: process start-ups, data, evaluation, reports, registration and promotion.")),
+                ("serving", "### Serving: `mlflow models serve` on 127.0.0.1", serving,
+                 ("Requests `{\"dataframe_split\": {\"columns\": [\"seed\", \"n\"], ...}}` after 5 warm-up "
+                 "requests per size; every answer checked for status 200 and n images of 28 x 28.")))
+    for key, title, render_part, how in sections:
+        if key in results:
+            parts += [title, "", how, "", render_part(results[key]), ""]
+    return "\n".join(parts + [END])
+
+
+def write_section(markdown: Path, section: str) -> None:
+    """Replace the text between the markers (or append it) and keep everything else."""
+    text = markdown.read_text() if markdown.is_file() else "# Benchmarks\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    markdown.write_text(text)

@@ -1,0 +1,105 @@
+"""`make bench`: every CPU benchmark in one run, then their tables into docs/BENCHMARKS.md.
+
+Each benchmark runs in its own process (the Keras backend is fixed per process), one after the other
+so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json; the section of
+docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
+
+    python -m benchmarks.run_all --data ../shared/data/mnist.npz [--only throughput,quality,jobs,serving]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("throughput", "quality", "jobs", "serving")
+# (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
+THROUGHPUT_RUNS = [("tensorflow", "seed", 3, 2), ("tensorflow", "small", 5, 5), ("tensorflow", "tiny", 3, 20),
+                   ("jax", "seed", 3, 1), ("jax", "small", 5, 3)]
+
+
+def run_json(module: str, args: list[str], backend: str = "tensorflow") -> list[dict]:
+    """Run `python -m module args`; returns the JSON objects it printed, one per line."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def machine() -> dict:
+    from importlib.metadata import version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal"))
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(memory_kb / 2**20), "python": platform.python_version(),
+            **{name: version(name) for name in ("tensorflow", "keras", "jax", "mlflow", "kfp")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "benchmarks-cpu.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
+    parser.add_argument("--marks", default="2.5,5,10", help="quality marks, minutes of training")
+    args = parser.parse_args()
+    parts = args.only.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    data = str(Path(args.data).resolve()) if Path(args.data).is_file() else args.data
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results["machine"] = machine()
+    seconds = results.setdefault("seconds", {})
+    jobs_dir = args.work / "jobs"
+
+    def timed(part, fn):
+        started = time.perf_counter()
+        results[part] = fn()
+        seconds[part] = round(time.perf_counter() - started)
+        print(f"bench: {part} done in {seconds[part]} s", flush=True)
+
+    if "throughput" in parts:
+        timed("throughput", lambda: [
+            run_json("benchmarks.throughput", ["--data", data, "--preset", preset, "--rounds", str(rounds),
+                                               "--steps", str(steps)], backend)[-1]
+            for backend, preset, rounds, steps in THROUGHPUT_RUNS])
+    if "quality" in parts:
+        timed("quality", lambda: run_json("benchmarks.quality_per_minute",
+                                          ["--data", data, "--marks", args.marks])[-1]["quality_per_minute"])
+    if "jobs" in parts:
+        shutil.rmtree(jobs_dir, ignore_errors=True)
+        timed("jobs", lambda: run_json("benchmarks.pipeline_overhead",
+                                       ["--data", data, "--work", str(jobs_dir)])[-1]["pipeline_overhead"])
+    if "serving" in parts:
+        if not (jobs_dir / "mlflow.db").is_file():
+            parser.error("serving needs the model registered by the jobs part: run it first")
+        timed("serving", lambda: run_json("benchmarks.serving_latency", [
+            "--tracking-uri", f"sqlite:///{(jobs_dir / 'mlflow.db').resolve()}", "--work", str(args.work)])[-1]
+            ["serving"])
+
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    report.write_section(args.markdown, report.render(results))
+    print(f"bench: {args.results} and {args.markdown} written", flush=True)
+
+
+if __name__ == "__main__":
+    main()

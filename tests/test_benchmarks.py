@@ -1,0 +1,78 @@
+"""The benchmarks' pieces on tiny sizes: the seed-loop baseline is the post's recipe, the harness
+measures both sides, the report keeps what it does not own, and the GPU script's CPU dry run passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_path):
+    from training import preprocess
+    from training.data import load_mnist
+
+    return preprocess.to_unit_range(load_mnist(str(mnist_path)).x_train[:512])
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def test_the_seed_loop_freezes_d_during_g_steps_and_trains_both(digits):
+    from benchmarks.seed_loop import SeedGan
+
+    gan = SeedGan(digits, "tiny", batch_size=32)
+    d_before, g_before = _weights(gan.D), _weights(gan.G)
+    gan.train_G()
+    assert all(np.array_equal(a, b) for a, b in zip(d_before, gan.D.get_weights())), "D moved in a G step"
+    assert not all(np.array_equal(a, b) for a, b in zip(g_before, gan.G.get_weights()))
+    gan.train_D()
+    assert not all(np.array_equal(a, b) for a, b in zip(d_before, gan.D.get_weights()))
+    d_loss, g_loss = gan.step()
+    assert np.isfinite(d_loss).all() and np.isfinite(g_loss).all()
+
+
+def test_the_throughput_harness_times_both_sides(digits):
+    from benchmarks.throughput import compare
+    from training.config import TrainConfig
+
+    row = compare(TrainConfig(preset="tiny", batch_size=32), digits, rounds=2, steps=2, peak_flops=1e12)
+    assert row["seed_loop_s_per_step"] > 0 and row["project_s_per_step"] > 0
+    assert row["speedup_min"] <= row["speedup_median"] <= row["speedup_max"]
+    assert row["project_gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["project_s_per_step"], rel=0.05)
+
+
+def test_the_report_rewrites_only_its_own_section(tmp_path):
+    from benchmarks import report
+
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text("# Benchmarks\n\nGPU figures, written by hand.\n")
+    results = {"machine": {"date": "2026-11-28", "cpu": "x", "cores": 2, "memory_gib": 24, "python": "3",
+                           "tensorflow": "t", "keras": "k", "jax": "j", "mlflow": "m", "kfp": "f"},
+               "seconds": {"serving": 60},
+               "serving": {"model_uri": "models:/m@champion", "ready_s": 9.0, "rows": [
+                   {"images_per_request": 1, "clients": 1, "requests": 10, "errors": 0, "p50_ms": 5.0,
+                    "p99_ms": 9.0, "max_ms": 9.5, "requests_per_s": 100.0}]}}
+    report.write_section(page, report.render(results))
+    results["serving"]["rows"][0]["p50_ms"] = 6.5
+    report.write_section(page, report.render(results))
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nGPU figures, written by hand.\n")
+    assert text.count(report.START) == 1 and "| 1 | 1 | 10 | 6.5 | 9.0 |" in text and "| 5.0 |" not in text
+
+
+def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
+    env = {**os.environ, "OUT": str(tmp_path), "DATA_CPU": str(mnist_path), "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert len(report["throughput"]) == 4 and len(report["against_seed_loop"]) == 5
+    assert report["training"]["imported"]["mlflow"] is False and report["training"]["steps"] == 4

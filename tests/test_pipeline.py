@@ -13,6 +13,7 @@ from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import ROOT, run_cli
 from tests.kfp_api import KfpApi
 from training.config import DEFAULT_MODEL_NAME
+from training.data import file_sha256
 
 TRACKED_TASKS = {"preprocess", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
 
@@ -152,6 +153,8 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
         assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
         train = children["train"]
         assert train.data.params["preset"] == "tiny" and "d_loss" in train.data.metrics
+        # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
+        assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
         assert len(client.get_metric_history(train.info.run_id, "g_loss")) >= 2
 
         s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],

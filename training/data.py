@@ -39,6 +39,7 @@ class Mnist:
     y_test: np.ndarray
     source: str
     sha256: str
+    path: Path  # the verified local file (the source itself, or its cached download)
 
 
 def load_mnist(source: str) -> Mnist:
@@ -50,7 +51,7 @@ def load_mnist(source: str) -> Mnist:
         path.unlink()  # a bad download must not stay in the cache
         raise DataError(f"{source}: sha256 {digest} does not match the published {expected}")
     arrays = read_npz(path, name=source)
-    return Mnist(**arrays, source=source, sha256=digest)
+    return Mnist(**arrays, source=source, sha256=digest, path=path)
 
 
 def check_readable(source: str) -> None:

@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from training.config import TrainConfig
 
 
@@ -39,8 +37,9 @@ def preprocess(data: str, kfp_run: str, dataset_path: str) -> str:
 
     mnist = load_mnist(data)
     Path(dataset_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(dataset_path, "wb") as out:
-        np.savez(out, x_train=mnist.x_train, y_train=mnist.y_train, x_test=mnist.x_test, y_test=mnist.y_test)
+    # The verified bytes themselves: the same sha256 as the source, so lineage tags and the evaluator
+    # cache are shared with `mlflow run` and with every other run of this pipeline on this data.
+    shutil.copyfile(mnist.path, dataset_path)
     with tracking.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"), name=f"kfp-{kfp_run}") as parent:
         mlflow.set_tags({"kfp_run": kfp_run, "data_source": data, "data_sha256": mnist.sha256})
         with tracking.start_run(nested=True, name="prepare-data"):

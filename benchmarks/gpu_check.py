@@ -19,6 +19,19 @@ import numpy as np
 DENSE_BF16_PEAK = 989e12  # H100/H200 SXM datasheet, dense bf16 FLOP/s
 
 
+# (batch, precision) of the step measurements; (batch, project precision, seed-loop precision) of the
+# comparisons with the seed post's loop.
+STEP_CONFIGS = [(128, "float32"), (128, "mixed_bfloat16"), (512, "float32"), (512, "mixed_bfloat16")]
+AGAINST_SEED_LOOP = [(128, "float32", "float32"), (128, "mixed_bfloat16", "float32"),
+                     (128, "mixed_bfloat16", "mixed_bfloat16"), (512, "float32", "float32"),
+                     (512, "mixed_bfloat16", "float32")]
+
+
+def _dry_run_subset(configs: list, cpu: bool) -> list:
+    """On the CPU dry run, the first and the last configuration: every code path, a fraction of the time."""
+    return [configs[0], configs[-1]] if cpu else configs
+
+
 def measure_step(config, images: np.ndarray, steps: int) -> dict:
     """Compile time, then the median of `steps` timed steps (each waited for) after warm-up."""
     import jax
@@ -100,23 +113,18 @@ def main() -> int:
         images = images[:2048]
 
     report["throughput"] = []
-    for batch in (128, 512):
-        for precision in ("float32", "mixed_bfloat16"):
-            config = TrainConfig(preset=preset, batch_size=batch, precision=precision)
-            row = measure_step(config, images, steps)
-            report["throughput"].append(row)
-            print(json.dumps(row), flush=True)
+    for batch, precision in _dry_run_subset(STEP_CONFIGS, args.cpu):
+        config = TrainConfig(preset=preset, batch_size=batch, precision=precision)
+        row = measure_step(config, images, steps)
+        report["throughput"].append(row)
+        print(json.dumps(row), flush=True)
 
     # The seed post's loop (benchmarks/seed_loop.py) against the project's step, rounds interleaved.
     from benchmarks.throughput import compare
 
     rounds, steps_per_round = (2, 2) if args.cpu else (5, 10)
     report["against_seed_loop"] = []
-    for batch, precision, baseline_precision in ((128, "float32", "float32"),
-                                                 (128, "mixed_bfloat16", "float32"),
-                                                 (128, "mixed_bfloat16", "mixed_bfloat16"),
-                                                 (512, "float32", "float32"),
-                                                 (512, "mixed_bfloat16", "float32")):
+    for batch, precision, baseline_precision in _dry_run_subset(AGAINST_SEED_LOOP, args.cpu):
         config = TrainConfig(preset=preset, batch_size=batch, precision=precision)
         row = compare(config, images, rounds, steps_per_round, baseline_precision,
                       peak_flops=DENSE_BF16_PEAK)

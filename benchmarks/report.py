@@ -77,18 +77,18 @@ def jobs(results: dict) -> str:
 
 
 def serving(results: dict) -> str:
-    rows = [[r["images_per_request"], r["clients"], r["requests"], r["p50_ms"], r["p99_ms"], r["max_ms"],
-             r["requests_per_s"], r["errors"]] for r in results["rows"]]
+    rows = [["soak" if r.get("soak") else "latency", r["images_per_request"], r["clients"], r["requests"],
+             r["p50_ms"], r["p99_ms"], r["max_ms"], r["requests_per_s"], r["errors"]] for r in results["rows"]]
     return (f"Model `{results['model_uri']}`; the server answered /ping {results['ready_s']} s after start.\n\n"
-            + _table(["images / request", "clients", "requests", "p50 ms", "p99 ms", "max ms", "requests/s",
-                      "errors"], rows))
+            + _table(["load", "images / request", "clients", "requests", "p50 ms", "p99 ms", "max ms",
+                      "requests/s", "errors"], rows))
 
 
 def render(results: dict) -> str:
     m, seconds = results["machine"], results.get("seconds", {})
     parts = [START, "## 2 CPU cores: `make bench` (written by `benchmarks/run_all.py`)", "",
              (f"Run on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
-             f"tensorflow {m['tensorflow']}, keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
+             f"tensorflow {m.get('tensorflow') or m.get('tensorflow-cpu')}, keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
              f"kfp {m['kfp']}. Raw results: [`benchmarks-cpu.json`](benchmarks-cpu.json)."),
              "", "```bash", "make bench        # = python -m benchmarks.run_all --data ../shared/data/mnist.npz",
              "```", "",

@@ -41,7 +41,7 @@ def run_json(module: str, args: list[str], backend: str = "tensorflow") -> list[
 
 
 def machine() -> dict:
-    from importlib.metadata import version
+    from training.tracking import PACKAGES, installed_versions
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -49,25 +49,27 @@ def machine() -> dict:
                      if line.startswith("MemTotal"))
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
             "memory_gib": round(memory_kb / 2**20), "python": platform.python_version(),
-            **{name: version(name) for name in ("tensorflow", "keras", "jax", "mlflow", "kfp")}}
+            **installed_versions((*PACKAGES, "kfp"))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated, of {', '.join(PARTS)}; empty: only rewrite the page")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "benchmarks-cpu.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
     parser.add_argument("--marks", default="2.5,5,10", help="quality marks, minutes of training")
     args = parser.parse_args()
-    parts = args.only.split(",")
+    parts = [p for p in args.only.split(",") if p]  # --only "" rewrites the page from the saved results
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     data = str(Path(args.data).resolve()) if Path(args.data).is_file() else args.data
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    results["machine"] = machine()
+    if parts:
+        results["machine"] = machine()
     seconds = results.setdefault("seconds", {})
     jobs_dir = args.work / "jobs"
 
@@ -76,6 +78,7 @@ def main() -> None:
         results[part] = fn()
         seconds[part] = round(time.perf_counter() - started)
         print(f"bench: {part} done in {seconds[part]} s", flush=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")  # a later part's failure loses nothing
 
     if "throughput" in parts:
         timed("throughput", lambda: [

@@ -1,7 +1,8 @@
 """Latency of `mlflow models serve` on 127.0.0.1 for a registered generator, under bounded load.
 
 `clients` threads send `requests` POST /invocations in all for each image count (seed, n), after a
-warm-up; every answer is checked for status 200 and the right shape, anything else counts as an error.
+warm-up; then a soak: `soak_clients` concurrent clients send `soak_requests` one-image requests. Every
+answer is checked for status 200 and the right shape; anything else counts as an error (exit 1).
 
     python -m benchmarks.serving_latency --tracking-uri sqlite:///outputs/bench/jobs/mlflow.db \
         --model-uri models:/mnist-gan-generator@champion --images 1,64 --requests 200
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--images", default="1,64", help="images per request, comma-separated")
     parser.add_argument("--requests", type=int, default=200, help="per image count")
     parser.add_argument("--clients", type=int, default=1, help="concurrent client threads")
+    parser.add_argument("--soak-clients", type=int, default=8, help="then a soak: this many clients ...")
+    parser.add_argument("--soak-requests", type=int, default=2000, help="... sending this many 1-image requests")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,9 @@ def main() -> None:
             for i in range(5):
                 post(url, 10**6 + i, n)  # warm-up
             rows.append(load(url, n, args.requests, args.clients))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.soak_requests:
+            rows.append({**load(url, 1, args.soak_requests, args.soak_clients), "soak": True})
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"serving": {"model_uri": args.model_uri, "ready_s": round(ready_s, 1),
                                   "rows": rows}}), flush=True)

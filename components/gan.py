@@ -79,8 +79,9 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
 
 
 @dsl.component(base_image=IMAGE)
-def promote(parent_run_id: str, model_name: str, min_fid_gain: float, max_classes_lost: int) -> str:
-    """Move `champion` to the challenger if the promotion rule says so; returns the decision (JSON)."""
+def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float,
+            max_classes_lost: int) -> str:
+    """Move `champion` to this run's version if the promotion rule says so; returns the decision (JSON)."""
     from training import pipeline_tasks
 
-    return pipeline_tasks.promote(parent_run_id, model_name, min_fid_gain, max_classes_lost)
+    return pipeline_tasks.promote(parent_run_id, model_name, version, min_fid_gain, max_classes_lost)

@@ -38,8 +38,8 @@ def wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: 
 
 
 @contextlib.contextmanager
-def background(args: list[str], log: Path, env: dict[str, str]):
-    with open(log, "w") as out:
+def background(args: list[str], log: Path, env: dict[str, str], append: bool = False):
+    with open(log, "a" if append else "w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     try:
@@ -89,17 +89,20 @@ def s3_server(directory: Path, bucket: str = "mnist-gan"):
 
 
 @contextlib.contextmanager
-def mlflow_server(directory: Path, artifacts_destination: str | None = None, env: dict | None = None):
-    """`mlflow server` on sqlite; yields its http:// URI."""
+def mlflow_server(directory: Path, artifacts_destination: str | None = None, env: dict | None = None,
+                  port: int | None = None, extra_args: tuple[str, ...] = ()):
+    """`mlflow server` on sqlite in `directory` (a restart on the same directory and port continues the
+    same server); yields its http:// URI."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     args = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
-            "--artifacts-destination", artifacts_destination or str(directory / "artifacts")]
+            "--backend-store-uri", f"sqlite:///{directory / 'server.db'}", *extra_args]
+    if "--default-artifact-root" not in extra_args:
+        args += ["--artifacts-destination", artifacts_destination or str(directory / "artifacts")]
     server_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     uri = f"http://127.0.0.1:{port}"
-    with background(args, directory / "mlflow-server.log", server_env) as process:
+    with background(args, directory / "mlflow-server.log", server_env, append=True) as process:
         wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200,
                     "mlflow server", process, directory / "mlflow-server.log", timeout=120)
         yield uri

@@ -64,9 +64,8 @@ def build(settings: ClusterSettings = ClusterSettings()):
                                    min_classes_covered=min_classes_covered)
         tracked = [prep, train, scored, registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
-            promoted = gan.promote(parent_run_id=parent, model_name=model_name,
+            promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
                                    min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
-            promoted.after(registered)
             tracked.append(promoted)
         for task in tracked:
             kubernetes.use_secret_as_env(task, secret_name=settings.secret_name,

@@ -1,6 +1,7 @@
 """Compile the pipeline, run it with the local runner, or submit it to a Kubeflow Pipelines cluster."""
 
 import datetime
+import functools
 from pathlib import Path
 
 from pipelines.mnist_gan import ClusterSettings, build, compile_to
@@ -8,13 +9,16 @@ from pipelines.mnist_gan import ClusterSettings, build, compile_to
 TERMINAL_FAILURES = ("FAILED", "CANCELED", "CANCELING", "SKIPPED")
 
 
+@functools.cache
 def pipeline_parameters() -> dict:
     """Name -> default of every pipeline parameter, read from the compiled pipeline's signature."""
     return {name: spec.default for name, spec in build().component_spec.inputs.items()}
 
 
 def check_arguments(arguments: dict) -> dict:
-    """Refuse unknown names and values that do not parse as the parameter's type; returns typed values."""
+    """Refuse unknown names, values that do not parse as the parameter's type, and values out of the
+    range the jobs accept (checked as `mlflow run` would, before anything is submitted); returns the
+    typed values."""
     defaults = pipeline_parameters()
     unknown = sorted(set(arguments) - set(defaults))
     if unknown:
@@ -27,7 +31,22 @@ def check_arguments(arguments: dict) -> dict:
         except ValueError:
             raise ValueError(f"{name} must be {kind.__name__} like its default {defaults[name]!r} "
                              f"(got {raw!r})") from None
+    _check_ranges({**defaults, **typed})
     return typed
+
+
+def _check_ranges(values: dict) -> None:
+    from training.config import JOB_LIMITS, ConfigError, TrainConfig, check_limit, parameter_fields
+
+    training = {f.name: values[f.name] for f in parameter_fields()}
+    resume = str(training["resume"]).lower()
+    if resume not in ("true", "false"):
+        raise ConfigError(f"resume must be true or false (got {training['resume']!r})")
+    TrainConfig.from_dict({**training, "resume": resume == "true"})
+    for name in JOB_LIMITS:
+        check_limit(name, values[name])
+    if not values["model_name"]:
+        raise ConfigError("model_name must not be empty")
 
 
 def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:

@@ -65,7 +65,7 @@ def test_the_report_rewrites_only_its_own_section(tmp_path):
     report.write_section(page, report.render(results))
     text = page.read_text()
     assert text.startswith("# Benchmarks\n\nGPU figures, written by hand.\n")
-    assert text.count(report.START) == 1 and "| 1 | 1 | 10 | 6.5 | 9.0 |" in text and "| 5.0 |" not in text
+    assert text.count(report.START) == 1 and "| latency | 1 | 1 | 10 | 6.5 | 9.0 |" in text and "| 5.0 |" not in text
 
 
 def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
@@ -74,5 +74,6 @@ def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
                           text=True, timeout=900, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert len(report["throughput"]) == 4 and len(report["against_seed_loop"]) == 5
+    assert len(report["throughput"]) == 2 and len(report["against_seed_loop"]) == 2
+    assert {row["precision"] for row in report["throughput"]} == {"float32", "mixed_bfloat16"}
     assert report["training"]["imported"]["mlflow"] is False and report["training"]["steps"] == 4

@@ -84,6 +84,11 @@ def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch):
         with pytest.raises(DataError, match=r"s3://mnist-gan/missing.npz at http://127.0.0.1:\d+: "
                                              "download failed"):
             load_mnist("s3://mnist-gan/missing.npz")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-Jd72")
+        with pytest.raises(DataError, match=r"s3://mnist-gan/data/mnist.npz at http://127.0.0.1:\d+: "
+                                             "download failed") as refused:
+            load_mnist("s3://mnist-gan/data/mnist.npz")
+        assert "wrong-secret-Jd72" not in str(refused.value) and env["AWS_ACCESS_KEY_ID"] not in str(refused.value)
 
 
 def test_preprocessing_scales_to_unit_range():

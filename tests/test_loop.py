@@ -54,6 +54,11 @@ def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_pa
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
     assert len(client.search_runs(client.get_run(resumed["run_id"]).info.experiment_id)) == 2
 
+    changed = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "3", "--checkpoint-dir", "resumed",
+                       "--resume", "--learning-rate", "0.001"], tmp_path)
+    assert changed.returncode == 2 and "trained with different learning_rate" in changed.stderr
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED", "a refused resume changes nothing"
+
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
     args = [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *TINY,

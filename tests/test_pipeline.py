@@ -12,6 +12,7 @@ from infra.local_stack import mlflow_server, s3_server
 from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import ROOT, run_cli
 from tests.kfp_api import KfpApi
+from tests.secrets_scan import FAKE_SECRETS, leaks
 from training.config import DEFAULT_MODEL_NAME
 from training.data import file_sha256
 
@@ -141,9 +142,13 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
                   "batch_size": 64, "samples": 500, "min_classes_covered": 0, "log_every": 2,
                   "checkpoint_dir": str(tmp_path / "ckpt")}
         flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
+        env = {**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], **FAKE_SECRETS}
+        env.pop("MLFLOW_TRACKING_PASSWORD")  # the server has no auth; a token is sent instead
         result = run_cli(["pipeline", "run-local", *flags, "--pipeline-root", str(tmp_path / "root")],
-                         tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri)
+                         tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri, **env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        compiled = run_cli(["pipeline", "compile", "-o", str(tmp_path / "pipeline.yaml")], tmp_path, **env)
+        assert compiled.returncode == 0, compiled.stderr[-3000:]
 
         client = mlflow.MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
@@ -167,6 +172,12 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
         champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
         assert champion.tags["training_run_id"] == train.info.run_id
         assert (tmp_path / "root").is_dir()
+
+        # no credential in the tracking database, any artifact (S3 objects included), the YAML or the logs
+        objects = [s3.get_object(Bucket="mnist-gan", Key=k)["Body"].read() for k in keys]
+        secrets = [v for k, v in env.items() if k in FAKE_SECRETS or k in ("AWS_SECRET_ACCESS_KEY",)]
+        ours = [p for p in tmp_path.iterdir() if p.name != "s3"]  # all but the S3 server's own files
+        assert not leaks([*ours, *objects, result.stdout, result.stderr], secrets)
 
 
 def test_training_component_inputs_have_the_config_defaults():

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from infra.local_stack import background, free_port, wait_until
 from tests.conftest import cli_env, run_cli
 from training.data import load_mnist
-from training.evaluation import HEADLINE, LOWER_IS_BETTER
+from training.metrics import HEADLINE, LOWER_IS_BETTER
 
 SAMPLES = "2000"
 
@@ -229,3 +231,81 @@ def test_mlflow_models_serve_answers_with_images_and_4xx_for_bad_requests(lab):
             assert status == 400 and message in body["message"], body
         status, _ = _post(url, {"instances": "not a table"})
         assert 400 <= status < 500
+
+
+def _evaluation_run(lab, fid: float) -> str:
+    """An evaluation run with chosen scores: what promotion compares, without scoring a new generator."""
+    source = lab.client.get_run(lab.trained_eval)
+    run = lab.client.create_run(source.info.experiment_id, run_name=f"evaluation fid={fid}")
+    for key, value in {**source.data.metrics, "fid": fid}.items():
+        lab.client.log_metric(run.info.run_id, key, value)
+    lab.client.log_param(run.info.run_id, "samples", source.data.params["samples"])
+    lab.client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _cli_process(lab, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "training.cli", *args], cwd=lab.directory,
+                            env=cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_racing_promotions_end_with_the_champion_the_rule_picks(lab):
+    name = "race-test"
+    for fid in (100.0, 50.0, 40.0):  # versions 1, 2 and 3
+        lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+                "--evaluation-run-id", _evaluation_run(lab, fid))
+    lab.cli("promote", "--name", name, "--version", "1")
+    racers = [_cli_process(lab, "promote", "--name", name, "--version", v) for v in ("2", "3")]
+    for racer in racers:
+        _, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err[-3000:]
+    # whichever went first, version 3 (FID 40) must end as champion: it beats both 1 and 2
+    assert _champion(lab, name) == "3"
+    second = _version_tags(lab, name, "2")
+    lost_to_3 = second["promotion.decision"] == "refused" and "FID 50.000 vs champion 40.000" in second["promotion.reason"]
+    superseded_by_3 = _version_tags(lab, name, "3")["promotion.previous_champion"] == "2"
+    assert lost_to_3 or superseded_by_3, "the loser's decision and reason are recorded"
+    assert name + ".promotion-lock" not in [m.name for m in lab.client.search_registered_models()]
+
+
+def test_a_promotion_waits_for_the_lock_another_holds(lab):
+    from training import registry
+
+    name = "lock-test"
+    lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+            "--evaluation-run-id", lab.trained_eval)
+    with registry._promotion_lock(lab.client, name):
+        waiting = _cli_process(lab, "promote", "--name", name)
+        time.sleep(12)
+        assert waiting.poll() is None, "promoted while another promotion held the lock"
+    _, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err[-3000:]
+    assert _champion(lab, name) == "1"
+
+
+def _generator_file(lab, name: str, version: str) -> Path:
+    model_id = lab.client.get_model_version(name, version).model_id
+    location = lab.client.get_logged_model(model_id).artifact_location
+    return Path(urllib.parse.urlparse(location).path) / "artifacts" / "generator.keras"
+
+
+def test_a_version_whose_files_were_modified_or_lost_is_refused_and_not_loaded(lab, tmp_path):
+    name = "checksum-test"
+    for _ in range(3):
+        lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+                "--evaluation-run-id", lab.trained_eval)
+    assert len(_version_tags(lab, name, "1")["generator_sha256"]) == 64
+    with open(_generator_file(lab, name, "1"), "ab") as f:
+        f.write(b"tampered")
+    _generator_file(lab, name, "2").unlink()
+
+    for version, why in (("1", "does not match"), ("2", "has no artifacts/generator.keras")):
+        out = lab.cli("promote", "--name", name, "--version", version).stdout
+        assert "keep the champion" in out
+        tags = _version_tags(lab, name, version)
+        assert tags["promotion.decision"] == "refused" and why in tags["promotion.reason"]
+    failed = lab.cli("sample", "--model-uri", f"models:/{name}/1", "--out", str(tmp_path / "s.npz"), expect=1)
+    assert "does not match" in failed.stderr and not (tmp_path / "s.npz").exists()
+    lab.cli("promote", "--name", name, "--version", "3")
+    assert _champion(lab, name) == "3"

@@ -96,7 +96,8 @@ def latest_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def latest_run_dir(root: Path) -> Path | None:
-    """The run folder under `root` (one per MLflow run) whose checkpoint was written last."""
-    manifests = root.glob("*/ckpt-*.json") if root.is_dir() else []
+    """The run folder under `root` (one per MLflow run) whose checkpoint was written last. `root` may
+    end in a glob pattern (`checkpoints/*` searches one level deeper)."""
+    manifests = root.parent.glob(f"{root.name}/*/ckpt-*.json") if root.parent.is_dir() else []
     newest = max(manifests, key=lambda p: p.stat().st_mtime_ns, default=None)
     return newest.parent if newest else None

@@ -15,6 +15,8 @@ from training.config import (
     DEFAULT_DATA_URL,
     DEFAULT_EVAL_SAMPLES,
     DEFAULT_MODEL_NAME,
+    JOB_LIMITS,
+    MAX_SAMPLES,
     ConfigError,
     TrainConfig,
     parameter_fields,
@@ -24,7 +26,6 @@ from training.promotion import PromotionRule
 EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
-MAX_SAMPLES = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,15 +45,19 @@ def _convert(field, raw: str):
         raise ConfigError(f"{field.name} must be {KINDS[field.type]} (got {raw!r})") from None
 
 
-def _bounded(name: str, kind, low, high=None):
-    """An argparse type that names the parameter and its range in its error."""
+def _bounded(name: str, kind, low=None, high=None):
+    """An argparse type that names the parameter and its range (low..high, or JOB_LIMITS[name]) in its
+    error."""
+    low, high = (low, high) if low is not None else JOB_LIMITS[name]
+
     def parse(raw: str):
         try:
             value = kind(raw)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be {KINDS[kind.__name__]} (got {raw!r})") from None
         if math.isnan(value) or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{name} must be in [{low}, {high or 'inf'}] (got {raw!r})")
+            raise argparse.ArgumentTypeError(f"{name} must be in [{low}, {'inf' if high is None else high}] "
+                                             f"(got {raw!r})")
         return value
     return parse
 
@@ -69,14 +74,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
     defaults = PromotionRule()
-    parser.add_argument("--min-fid-gain", type=_bounded("min_fid_gain", float, 0.0),
+    parser.add_argument("--min-fid-gain", type=_bounded("min_fid_gain", float),
                         default=defaults.min_fid_gain, help="FID must drop by more than this")
-    parser.add_argument("--max-classes-lost", type=_bounded("max_classes_lost", int, 0, 10),
+    parser.add_argument("--max-classes-lost", type=_bounded("max_classes_lost", int),
                         default=defaults.max_classes_lost, help="classes covered the challenger may lose")
 
 
 def _samples_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=_bounded("samples", int, 10, MAX_SAMPLES),
+    parser.add_argument("--samples", type=_bounded("samples", int),
                         default=DEFAULT_EVAL_SAMPLES, help="generated images to evaluate (same N for "
                         f"every compared model; default {DEFAULT_EVAL_SAMPLES})")
 
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="make the challenger champion if it is better")
     promote.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
     _add_rule_flags(promote)
+    promote.add_argument("--version", default=None, type=_bounded("version", int, 1),
+                         help="the version to promote (default: the one aliased challenger)")
     promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
     promote.add_argument("--to-registry-uri", default=None,
                          help="copy the challenger into this registry and gate it against its champion")
@@ -172,11 +179,14 @@ def _prepare(args: argparse.Namespace):
     from training import jobs
 
     rule = PromotionRule(args.min_fid_gain, args.max_classes_lost) if hasattr(args, "min_fid_gain") else None
+    config = config_from_args(args) if args.command in ("train", "main") else None
+    if config:
+        jobs.preflight(config)
     if args.command in ("train", "main", "evaluate", "register", "promote", "rollback"):
         jobs.check_tracking_server()
-    if args.command in ("train", "main"):
-        config = config_from_args(args)
-        jobs.preflight(config)
+    if args.command in ("train", "main", "evaluate", "register"):
+        jobs.check_artifact_store()
+    if config:
         if args.command == "train":
             return lambda: jobs.train(config)
         return lambda: jobs.main(config, args.samples, args.model_name, rule)
@@ -186,7 +196,8 @@ def _prepare(args: argparse.Namespace):
     if args.command == "register":
         return lambda: jobs.register(args.training_run_id, args.evaluation_run_id, args.name)
     if args.command == "promote":
-        return lambda: jobs.promote(args.name, rule, args.dry_run, args.to_registry_uri, args.to_name)
+        return lambda: jobs.promote(args.name, rule, args.dry_run, args.to_registry_uri, args.to_name,
+                                    version=None if args.version is None else str(args.version))
     if args.command == "rollback":
         return lambda: jobs.rollback(args.name)
     if args.command == "pipeline":

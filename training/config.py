@@ -18,6 +18,15 @@ MNIST_TRAIN_IMAGES = 60_000
 DEFAULT_DATA_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 DEFAULT_EVAL_SAMPLES = 10_000  # every compared model is evaluated on this many samples
 DEFAULT_MODEL_NAME = "mnist-gan-generator"
+MAX_SAMPLES = 1_000_000
+# Bounds of the job parameters that are not training's, for every caller (CLI, MLproject, pipeline):
+# name -> (lowest, highest or None for no upper bound).
+JOB_LIMITS = {"samples": (10, MAX_SAMPLES), "min_fid_gain": (0.0, None), "max_classes_lost": (0, 10),
+              "min_classes_covered": (0, 10)}
+
+
+# Parameters that may change between a run and its resumption; any other change is refused.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir"}
 
 
 class ConfigError(ValueError):
@@ -77,6 +86,11 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def resume_conflicts(self, checkpointed: dict[str, Any]) -> list[str]:
+        """The parameters that differ from a checkpoint's config and may not change on resume."""
+        changed = {k for k, v in checkpointed.items() if self.to_dict().get(k) != v}
+        return sorted(changed - RESUMABLE_CHANGES)
+
 
 def _check(f: dataclasses.Field, value: Any) -> None:
     name, meta = f.name, f.metadata
@@ -100,6 +114,13 @@ def _describe_range(meta: dict[str, Any]) -> str:
     left = f"({meta['gt']}" if "gt" in meta else f"[{meta.get('min', meta.get('ge', '-inf'))}"
     right = f"{meta['lt']})" if "lt" in meta else f"{meta.get('max', meta.get('le', 'inf'))}]"
     return f"{left}, {right}"
+
+
+def check_limit(name: str, value: float) -> None:
+    """Raise ConfigError unless `value` is a number within JOB_LIMITS[name]."""
+    low, high = JOB_LIMITS[name]
+    if math.isnan(value) or value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} must be in [{low}, {'inf' if high is None else high}] (got {value!r})")
 
 
 def parameter_fields() -> list[dataclasses.Field]:

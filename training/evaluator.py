@@ -5,6 +5,8 @@ evaluations that are compared always use the same weights.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +41,14 @@ class Evaluator:
     def __post_init__(self) -> None:
         self._both = keras.Model(self.classifier.inputs[0],
                                  [self.classifier.get_layer(FEATURE_LAYER).output, self.classifier.outputs[0]])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the classifier's weights: two evaluators with the same fingerprint score alike."""
+        digest = hashlib.sha256()
+        for weight in self.classifier.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+        return digest.hexdigest()
 
     def features_and_probabilities(self, images: np.ndarray, batch_size: int = 1000):
         feats, probs = [], []

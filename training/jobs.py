@@ -25,8 +25,18 @@ from training.data import check_readable
 def preflight(config: TrainConfig) -> None:
     """Cheap checks before any heavy import: readable data, and a checkpoint when resuming."""
     check_readable(config.data)
-    if config.resume and checkpoint.latest_run_dir(Path(config.checkpoint_dir)) is None:
+    if not config.resume:
+        return
+    run_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir))
+    if run_dir is None:
         raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
+    try:
+        previous = checkpoint.latest_manifest(run_dir)["config"]
+    except (ValueError, KeyError):
+        return  # an unreadable newest manifest: the loop falls back to an intact one and checks that
+    refused = config.resume_conflicts(previous)
+    if refused:
+        raise ConfigError(f"cannot resume from {run_dir}: it was trained with different {', '.join(refused)}")
 
 
 def check_tracking_server(timeout_s: float = 5.0) -> None:
@@ -51,6 +61,34 @@ def check_tracking_server(timeout_s: float = 5.0) -> None:
                           "MLFLOW_TRACKING_URI") from None
 
 
+def check_artifact_store() -> None:
+    """Fail fast when the experiment's artifacts go to an S3 bucket this process cannot reach, naming
+    the endpoint and the bucket, never a credential (MLflow would fail only when logging, after training)."""
+    import urllib.parse
+
+    import boto3
+    import botocore.exceptions
+    import mlflow
+
+    from training import tracking
+
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    experiment = mlflow.get_experiment(experiment_id) if experiment_id else mlflow.set_experiment(tracking.EXPERIMENT)
+    location = urllib.parse.urlparse(experiment.artifact_location)
+    if location.scheme != "s3":
+        return
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    where = f"S3 artifact store {endpoint or 'AWS S3'}, bucket {location.netloc}"
+    try:
+        boto3.client("s3", endpoint_url=endpoint).head_bucket(Bucket=location.netloc)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(f"{where}: access refused ({code}); check AWS_ACCESS_KEY_ID, "
+                          "AWS_SECRET_ACCESS_KEY and that the bucket exists") from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise ConfigError(f"{where}: unreachable ({type(err).__name__})") from None
+
+
 def train(config: TrainConfig, mnist=None, nested: bool = False):
     """Train inside an MLflow run (re-opened when resuming); returns (run id, TrainResult)."""
     preflight(config)
@@ -73,8 +111,12 @@ def train(config: TrainConfig, mnist=None, nested: bool = False):
         continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
         tracking.log_start(config, mnist, num_images, resumed=continuing)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
-        result = loop.train(config, train_images, tracking.MlflowTracker(), run_id=run.info.run_id,
-                            checkpoint_dir=run_dir)
+        tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
+        try:
+            result = loop.train(config, train_images, tracker, run_id=run.info.run_id, checkpoint_dir=run_dir)
+        finally:
+            tracker.outbox.send()  # best effort on the way out; the journal keeps the rest for --resume
+        tracker.close()
         tracking.log_final(result)
     print(f"train: run {run.info.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s)")
     return run.info.run_id, result
@@ -86,7 +128,7 @@ def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
     `judge` is the evaluator to use; by default the cached one for this data."""
     import mlflow
 
-    from training import evaluation, evaluator, report, tracking
+    from training import evaluation, evaluator, metrics, report, tracking
     from training.data import load_mnist
     from training.sampling import load_generator
 
@@ -110,7 +152,7 @@ def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
             for path in report.write_report(result, mnist.x_train, Path(tmp), title):
                 mlflow.log_artifact(str(path), artifact_path="report")
     print(f"evaluate: run {run.info.run_id}, " + ", ".join(
-        f"{k} {result.metrics[k]:.4g} (reference {result.reference[k]:.4g})" for k in evaluation.HEADLINE))
+        f"{k} {result.metrics[k]:.4g} (reference {result.reference[k]:.4g})" for k in metrics.HEADLINE))
     return run.info.run_id, result
 
 
@@ -142,22 +184,23 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
 
 
 def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = None,
-            target_name: str | None = None, nested: bool = False):
-    """Gate the challenger against the champion (in the target registry when one is given)."""
+            target_name: str | None = None, nested: bool = False, version: str | None = None):
+    """Gate `version` (default: the challenger) against the champion (in the target registry when one
+    is given)."""
     import mlflow
 
     from training import registry, tracking
 
     client = mlflow.MlflowClient()
     if target_uri:
-        source = client.get_model_version_by_alias(name, registry.CHALLENGER)
-        copied = registry.copy_to_registry(name, source.version, target_uri, target_name)
-        name = target_name or name
+        source = version or client.get_model_version_by_alias(name, registry.CHALLENGER).version
+        copied = registry.copy_to_registry(name, str(source), target_uri, target_name)
+        print(f"promote: copied {name}/{source} to {target_uri} as {target_name or name}/{copied}")
+        name, version = target_name or name, copied
         client = mlflow.MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
-        print(f"promote: copied {source.name}/{source.version} to {target_uri} as {name}/{copied}")
     context = contextlib.nullcontext() if dry_run or not nested else tracking.start_run(nested=True, name="promote")
     with context:
-        decision = registry.promote(name, rule, dry_run=dry_run, client=client)
+        decision = registry.promote(name, rule, dry_run=dry_run, client=client, version=version)
         if nested and not dry_run:
             mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
                              "challenger_version": decision.challenger})
@@ -186,7 +229,7 @@ def main(config: TrainConfig, samples: int, model_name: str, rule) -> None:
         evaluation_run_id, result = evaluate(f"runs:/{training_run_id}", config.data, samples,
                                              training_run_id=training_run_id, mnist=mnist, nested=True)
         version = register(training_run_id, evaluation_run_id, model_name, nested=True)
-        decision = promote(model_name, rule, nested=True)
+        decision = promote(model_name, rule, nested=True, version=version)
         mlflow.set_tags({"training_run_id": training_run_id, "evaluation_run_id": evaluation_run_id,
                          "registered_model": model_name, "registered_version": version,
                          "promoted": str(decision.promote).lower()})

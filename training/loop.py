@@ -25,8 +25,6 @@ from training.step import Gan, LatentSampler, Recipe
 
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
 GRID_SAMPLES = 64
-# Parameters that may change between a run and its resumption; any other change is refused.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -209,8 +207,7 @@ class _Progress:
 
     def restore(self, directory: Path) -> None:
         self.state, manifest = checkpoint.load_latest(directory, self.state)
-        changed = {k for k, v in manifest["config"].items() if self.config.to_dict().get(k) != v}
-        refused = sorted(changed - RESUMABLE_CHANGES)
+        refused = self.config.resume_conflicts(manifest["config"])
         if refused or manifest["num_images"] != self.num_images:
             raise checkpoint.CheckpointError(
                 f"cannot resume from {directory}: it was trained with different "

@@ -11,6 +11,10 @@ import warnings
 import numpy as np
 from scipy import linalg
 
+# What an evaluation reports first, and which of those are better when lower.
+HEADLINE = ("fid", "kid", "classifier_score", "precision", "recall", "classes_covered", "kl_to_uniform")
+LOWER_IS_BETTER = {"fid", "kid", "kl_to_uniform"}
+
 NUM_CLASSES = 10
 
 

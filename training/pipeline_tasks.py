@@ -49,10 +49,25 @@ def preprocess(data: str, kfp_run: str, dataset_path: str) -> str:
 
 def train(config: TrainConfig, parent_run_id: str, generator_dir: str) -> tuple[str, dict[str, float]]:
     """Train on the dataset artifact (config.data); copy the generator into generator_dir/generator.keras;
-    returns (run id, last logged metrics)."""
-    from training import jobs
+    returns (run id, last logged metrics).
+
+    Checkpoints go under checkpoint_dir/kfp-<parent run id>/, one folder per pipeline run: when KFP
+    retries this task after a crash or a preemption (same pipeline run, same inputs), it finds its own
+    checkpoint there and resumes it, in the same MLflow run, instead of starting over. checkpoint_dir
+    must then be storage that outlives the pod (a mounted volume).
+    """
+    from training import checkpoint, jobs
     from training.sampling import generator_path as run_generator
 
+    root = Path(config.checkpoint_dir)
+    own_dir = root / f"kfp-{parent_run_id}"
+    if checkpoint.latest_run_dir(own_dir) is not None:
+        print(f"train: this pipeline run already has a checkpoint in {own_dir} (a retry): resuming it")
+        config = config.replace(resume=True)
+    elif config.resume:  # resume=true: continue the newest checkpoint of an earlier pipeline run
+        earlier = checkpoint.latest_run_dir(root / "*")
+        own_dir = earlier.parent if earlier else own_dir
+    config = config.replace(checkpoint_dir=str(own_dir))
     with _inside(parent_run_id):
         run_id, result = jobs.train(config, nested=True)
     Path(generator_dir).mkdir(parents=True, exist_ok=True)
@@ -106,12 +121,15 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
         return jobs.register(training_run_id, evaluation_run_id, model_name, nested=True)
 
 
-def promote(parent_run_id: str, model_name: str, min_fid_gain: float, max_classes_lost: int) -> str:
-    """Returns the decision as JSON: {"promoted": bool, "reason": str, "version": str}."""
+def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float,
+            max_classes_lost: int) -> str:
+    """Gate the version this pipeline run registered (not whatever `challenger` points at by now, which a
+    concurrent run may have moved). Returns the decision as JSON: {"promoted", "reason", "version"}."""
     from training import jobs
     from training.promotion import PromotionRule
 
     with _inside(parent_run_id):
-        decision = jobs.promote(model_name, PromotionRule(min_fid_gain, max_classes_lost), nested=True)
+        decision = jobs.promote(model_name, PromotionRule(min_fid_gain, max_classes_lost), nested=True,
+                                version=version)
     return json.dumps({"promoted": decision.promote, "reason": decision.reason,
                        "version": decision.challenger})

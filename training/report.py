@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from training import images
-from training.evaluation import HEADLINE, LOWER_IS_BETTER, Evaluation, nearest_training_images
+from training.evaluation import Evaluation, nearest_training_images
+from training.metrics import HEADLINE, LOWER_IS_BETTER
 
 NEIGHBOUR_SAMPLES = 8
 

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 
 GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run
-REGISTERED_GENERATOR = "artifacts/generator.keras"  # inside a registered pyfunc model
 
 
 def latents(n: int, z_dim: int, seed: int) -> np.ndarray:
@@ -33,12 +32,15 @@ def generate(generator: keras.Model, n: int, seed: int = 0) -> np.ndarray:
 
 
 def generator_path(uri: str) -> Path:
-    """A local path to the generator's .keras file for any supported URI (downloads when remote)."""
+    """A local path to the generator's .keras file for any supported URI (downloads when remote); a
+    registered model's file is checked against the sha256 recorded when it was registered."""
     import mlflow
 
     if uri.startswith("models:/"):
+        from training.registry import recorded_checksum, verified_generator
+
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        return model_dir / REGISTERED_GENERATOR
+        return verified_generator(model_dir, recorded_checksum(model_dir))
     if uri.startswith("runs:/"):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{GENERATOR_ARTIFACT}"))
     path = Path(uri)

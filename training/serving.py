@@ -50,8 +50,14 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras
 
-        self.generator = keras.saving.load_model(context.artifacts["generator"], safe_mode=True,
-                                                 compile=False)
+        from training.data import file_sha256
+
+        path = context.artifacts["generator"]
+        expected = (context.model_config or {}).get("generator_sha256")
+        if expected and file_sha256(path) != expected:
+            raise RuntimeError(f"{path}: sha256 does not match {expected} recorded at registration; "
+                               "refusing to serve a modified or corrupted model")
+        self.generator = keras.saving.load_model(path, safe_mode=True, compile=False)
         self.z_dim = int(self.generator.input_shape[-1])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:

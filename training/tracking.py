@@ -12,27 +12,45 @@ import platform
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 
-from training import backend, images
 from training.config import TrainConfig
 from training.data import Mnist
-from training.loop import TrainResult, resolve_precision
+from training.outbox import Outbox
+
+if TYPE_CHECKING:
+    from training.loop import TrainResult
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
+JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflow has not received yet
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
 
 
 class MlflowTracker:
-    """The loop's Tracker: step metrics as they flush, epoch summaries and sample grids."""
+    """The loop's Tracker: step metrics as they flush, epoch summaries and sample grids, sent through an
+    Outbox so that an outage of the tracking server does not stop training. On resume, the steps and
+    epochs the run already has (a killed process may have logged past its last checkpoint) are skipped,
+    so the metric history has no duplicated step."""
+
+    def __init__(self, run_id: str, run_dir: Path):
+        self.outbox = Outbox(run_id, run_dir / JOURNAL)
+        self.logged_step = self.outbox.last_step("d_loss")
+        self.logged_epoch = self.outbox.last_step("epoch_d_loss")
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        if step > self.logged_step:
+            self.outbox.metrics(metrics, step)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], grid_path: Path) -> None:
-        mlflow.log_metrics({f"epoch_{name}": value for name, value in metrics.items()}, step=epoch)
-        mlflow.log_artifact(str(grid_path), artifact_path="grids")
+        if epoch > self.logged_epoch:
+            self.outbox.metrics({f"epoch_{name}": value for name, value in metrics.items()}, epoch)
+        self.outbox.artifact(grid_path, "grids")
+
+    def close(self) -> None:
+        """Wait (MNIST_GAN_TRACKING_WAIT_S, default 600 s) for whatever an outage held back."""
+        self.outbox.close(float(os.environ.get("MNIST_GAN_TRACKING_WAIT_S", "600")))
 
 
 def installed_versions(packages: tuple[str, ...]) -> dict[str, str]:
@@ -59,6 +77,9 @@ def start_run(run_id: str | None = None, nested: bool = False, name: str | None 
 
 def run_params(config: TrainConfig) -> dict[str, str]:
     """Every hyperparameter plus what the numbers depend on: backend, device, precision, versions."""
+    from training import backend
+    from training.loop import resolve_precision
+
     params = {name: str(value).lower() if isinstance(value, bool) else str(value)
               for name, value in config.to_dict().items()}
     params.update(backend=backend.name(), device=backend.device_description(),
@@ -91,6 +112,8 @@ def log_dataset(mnist: Mnist, num_train_images: int) -> None:
 
 def log_final(result: TrainResult) -> None:
     """The GIF of the grids, the loss curves and both models in Keras format."""
+    from training import images
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if result.grid_paths:

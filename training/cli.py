@@ -21,6 +21,7 @@ from training.config import (
     TrainConfig,
     parameter_fields,
 )
+from training.data import check_readable
 from training.promotion import PromotionRule
 
 EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
@@ -32,9 +33,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not the usage block
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse drops a value of "--" (`--epochs=--`), silently leaving the default: refuse it instead
+        for arg in sys.argv[1:] if args is None else args:
+            flag, _, value = arg.partition("=")
+            if flag.startswith("--") and value == "--":
+                self.error(f"{flag[2:].replace('-', '_')} needs a value (got '--')")
+        return super().parse_args(args, namespace)
+
 
 def _convert(field, raw: str):
     """Turn a flag's text into the field's type; the message names the parameter and the type."""
+    if not isinstance(raw, str):  # argparse hands over [] for a lone "--" value
+        raise ConfigError(f"{field.name} must be {KINDS[field.type]} (got {raw!r})")
     try:
         if field.type == "bool":
             if raw.lower() not in TRUE + FALSE:
@@ -184,6 +195,8 @@ def _prepare(args: argparse.Namespace):
         jobs.preflight(config)
     if args.command in ("train", "main", "evaluate", "register", "promote", "rollback"):
         jobs.check_tracking_server()
+    if args.command == "evaluate":
+        check_readable(args.data)
     if args.command in ("train", "main", "evaluate", "register"):
         jobs.check_artifact_store()
     if config:

@@ -1,14 +1,15 @@
 """Recognisable fake credentials for the environment of a job, and a scan that none of them (nor their
-base64 forms, as in an HTTP basic-auth header) was written anywhere."""
+base64 forms, nor the basic-auth header of user and password) was written anywhere. The user name
+itself is not a secret: MLflow records it as the runs' user."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
 
+USERNAME = {"MLFLOW_TRACKING_USERNAME": "fake-mlflow-user-K3p9"}  # an identity, which MLflow records
 FAKE_SECRETS = {
     "AWS_SESSION_TOKEN": "FAKE-aws-session-token-7Hq2",
-    "MLFLOW_TRACKING_USERNAME": "fake-mlflow-user-K3p9",
     "MLFLOW_TRACKING_PASSWORD": "FAKE-mlflow-password-x8Vd",
     "MLFLOW_TRACKING_TOKEN": "FAKE-mlflow-token-Qz41",
     "KF_PIPELINES_TOKEN": "FAKE-kfp-token-Lm05",
@@ -18,7 +19,7 @@ FAKE_SECRETS = {
 
 def forms(secrets: list[str]) -> list[bytes]:
     encoded = [s.encode() for s in secrets]
-    basic = base64.b64encode(f"{FAKE_SECRETS['MLFLOW_TRACKING_USERNAME']}:"
+    basic = base64.b64encode(f"{USERNAME['MLFLOW_TRACKING_USERNAME']}:"
                              f"{FAKE_SECRETS['MLFLOW_TRACKING_PASSWORD']}".encode())
     return encoded + [base64.b64encode(s) for s in encoded] + [basic]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import boto3
 import numpy as np
 import pytest
 
 from infra.local_stack import s3_server
+from tests.conftest import run_cli
 from training.data import KNOWN_SHA256, DataError, load_mnist, read_npz
 from training.preprocess import epoch_batches, steps_per_epoch, to_unit_range
 
@@ -84,11 +87,14 @@ def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch):
         with pytest.raises(DataError, match=r"s3://mnist-gan/missing.npz at http://127.0.0.1:\d+: "
                                              "download failed"):
             load_mnist("s3://mnist-gan/missing.npz")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-Jd72")
-        with pytest.raises(DataError, match=r"s3://mnist-gan/data/mnist.npz at http://127.0.0.1:\d+: "
-                                             "download failed") as refused:
-            load_mnist("s3://mnist-gan/data/mnist.npz")
-        assert "wrong-secret-Jd72" not in str(refused.value) and env["AWS_ACCESS_KEY_ID"] not in str(refused.value)
+        # a fresh process, as a user runs it (boto3 caches the credentials it resolved in this one)
+        refused = run_cli(["train", "--data", "s3://mnist-gan/data/mnist.npz", "--preset", "tiny"], tmp_path,
+                          **{**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-Jd72"})
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert re.search(r"s3://mnist-gan/data/mnist.npz at http://127.0.0.1:\d+: download failed",
+                         refused.stderr.strip().splitlines()[-1])
+        for secret in ("wrong-secret-Jd72", env["AWS_ACCESS_KEY_ID"]):
+            assert secret not in refused.stdout + refused.stderr
 
 
 def test_preprocessing_scales_to_unit_range():

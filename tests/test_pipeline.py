@@ -12,7 +12,7 @@ from infra.local_stack import mlflow_server, s3_server
 from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import ROOT, run_cli
 from tests.kfp_api import KfpApi
-from tests.secrets_scan import FAKE_SECRETS, leaks
+from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import DEFAULT_MODEL_NAME
 from training.data import file_sha256
 
@@ -142,8 +142,7 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
                   "batch_size": 64, "samples": 500, "min_classes_covered": 0, "log_every": 2,
                   "checkpoint_dir": str(tmp_path / "ckpt")}
         flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
-        env = {**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], **FAKE_SECRETS}
-        env.pop("MLFLOW_TRACKING_PASSWORD")  # the server has no auth; a token is sent instead
+        env = {**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], **FAKE_SECRETS, **USERNAME}
         result = run_cli(["pipeline", "run-local", *flags, "--pipeline-root", str(tmp_path / "root")],
                          tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri, **env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -175,7 +174,7 @@ def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_p
 
         # no credential in the tracking database, any artifact (S3 objects included), the YAML or the logs
         objects = [s3.get_object(Bucket="mnist-gan", Key=k)["Body"].read() for k in keys]
-        secrets = [v for k, v in env.items() if k in FAKE_SECRETS or k in ("AWS_SECRET_ACCESS_KEY",)]
+        secrets = [*FAKE_SECRETS.values(), env["AWS_SECRET_ACCESS_KEY"]]
         ours = [p for p in tmp_path.iterdir() if p.name != "s3"]  # all but the S3 server's own files
         assert not leaks([*ours, *objects, result.stdout, result.stderr], secrets)
 

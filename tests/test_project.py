@@ -14,7 +14,7 @@ import yaml
 
 from infra.local_stack import mlflow_server
 from tests.conftest import ROOT, TINY, cli_env, run_cli
-from tests.secrets_scan import FAKE_SECRETS, leaks
+from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, parameter_fields
 from training.promotion import PromotionRule
 
@@ -69,9 +69,8 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
 
 def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist_path):
     # recognisable fake credentials in the environment: none may be written anywhere (checked at the end)
-    env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", AWS_ACCESS_KEY_ID="FAKE-key-id-Ab12",
-                  AWS_SECRET_ACCESS_KEY="FAKE-aws-secret-Zy98", **FAKE_SECRETS)
-    env.pop("MLFLOW_TRACKING_TOKEN")  # with a token MLflow would not send the basic-auth pair; try that
+    secrets = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12", "AWS_SECRET_ACCESS_KEY": "FAKE-aws-secret-Zy98"}
+    env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **secrets, **USERNAME)
     params = {"preset": "tiny", "data": str(mnist_path), "train_images": 256, "batch_size": 64,
               "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "samples": 500}
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
@@ -95,8 +94,7 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
     champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
     assert str(champion.version) == tags["registered_version"] == "1"
     assert champion.tags["training_run_id"] == children["train"].info.run_id
-    secrets = [v for k, v in env.items() if k in FAKE_SECRETS or k.startswith("AWS_")]
-    assert not leaks([tmp_path, result.stdout, result.stderr], secrets)
+    assert not leaks([tmp_path, result.stdout, result.stderr], list(secrets.values()))
 
 
 def test_training_tracks_to_an_http_tracking_server(tmp_path, mnist_path):

@@ -165,7 +165,7 @@ def test_promotion_into_another_registry(lab, tmp_path):
             "--evaluation-run-id", lab.trained_eval)
     prod = f"sqlite:///{tmp_path / 'prod.db'}"
     out = lab.cli("promote", "--name", name, "--to-registry-uri", prod, "--to-name", "prod-generator").stdout
-    assert "copied" in out
+    assert "copied" in out and "promote prod-generator version 1 to champion" in out, out
     prod_client = mlflow.MlflowClient(prod, registry_uri=prod)
     champion = prod_client.get_model_version_by_alias("prod-generator", "challenger")
     assert prod_client.get_model_version_by_alias("prod-generator", "champion").version == champion.version
@@ -285,8 +285,7 @@ def test_a_promotion_waits_for_the_lock_another_holds(lab):
 
 
 def _generator_file(lab, name: str, version: str) -> Path:
-    model_id = lab.client.get_model_version(name, version).model_id
-    location = lab.client.get_logged_model(model_id).artifact_location
+    location = lab.client.get_model_version_download_uri(name, version)
     return Path(urllib.parse.urlparse(location).path) / "artifacts" / "generator.keras"
 
 

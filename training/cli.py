@@ -197,8 +197,6 @@ def _prepare(args: argparse.Namespace):
         jobs.check_tracking_server()
     if args.command == "evaluate":
         check_readable(args.data)
-    if args.command in ("train", "main", "evaluate", "register"):
-        jobs.check_artifact_store()
     if config:
         if args.command == "train":
             return lambda: jobs.train(config)

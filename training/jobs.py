@@ -102,6 +102,7 @@ def train(config: TrainConfig, mnist=None, nested: bool = False):
     if config.batch_size > num_images:
         raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
     train_images = preprocess.to_unit_range(mnist.x_train[:num_images])
+    check_artifact_store()
 
     resume_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir)) if config.resume else None
     manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
@@ -134,6 +135,7 @@ def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
 
     mnist = mnist or load_mnist(data)
     generator = load_generator(generator_uri)
+    check_artifact_store()
     judge = judge or evaluator.load_or_train(mnist)
     started = time.perf_counter()
     result = evaluation.evaluate(generator, mnist, judge, n=samples, seed=seed)
@@ -174,6 +176,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     trained = client.get_run(training_run_id).data.params
     tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.get("data_sha256", ""),
             "preset": trained.get("preset", "")}
+    check_artifact_store()
     with tracking.start_run(nested=nested, name="register"):
         version = registry.register_generator(
             generator_path(f"runs:/{training_run_id}"), name, training_run_id,
@@ -221,6 +224,7 @@ def main(config: TrainConfig, samples: int, model_name: str, rule) -> None:
     from training import tracking
     from training.data import load_mnist
 
+    check_artifact_store()
     with tracking.start_run(name="main") as parent:
         with tracking.start_run(nested=True, name="prepare-data"):
             mnist = load_mnist(config.data)

@@ -115,8 +115,8 @@ def check_version_files(client: MlflowClient, name: str, version: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             model_dir = Path(mlflow.artifacts.download_artifacts(
-                f"models:/{name}/{version}", dst_path=tmp, tracking_uri=client.tracking_uri,
-                registry_uri=client.tracking_uri))  # this project keeps the registry with the runs
+                artifact_uri=client.get_model_version_download_uri(name, version), dst_path=tmp,
+                tracking_uri=client.tracking_uri))
         except (MlflowException, OSError) as err:
             raise ArtifactError(f"{name} version {version}: its files cannot be read ({err})") from None
         verified_generator(model_dir, expected)

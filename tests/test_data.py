@@ -53,6 +53,8 @@ def test_wrongly_shaped_images_are_refused(tmp_path, arrays):
     ({"x_test": "float"}, "x_test must be uint8 pixels, got dtype float32"),
     ({"y_train": "short"}, r"y_train must have shape \(60000,\), got \(59999,\)"),
     ({"y_test": "eleven"}, "y_test labels must be in 0..9, got 0..11"),
+    ({"x_train": "nan"}, "x_train must be uint8 pixels, got dtype float64"),
+    ({"y_train": "nan"}, "y_train must hold integer labels, got dtype float64"),
 ])
 def test_malformed_arrays_are_refused(tmp_path, arrays, change, message):
     bad = dict(arrays)
@@ -61,6 +63,9 @@ def test_malformed_arrays_are_refused(tmp_path, arrays, change, message):
         del bad[key]
     elif how == "float":
         bad[key] = bad[key].astype(np.float32)
+    elif how == "nan":
+        bad[key] = bad[key].astype(np.float64)
+        bad[key][0] = np.nan
     elif how == "short":
         bad[key] = bad[key][:-1]
     else:

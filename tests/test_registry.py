@@ -306,5 +306,10 @@ def test_a_version_whose_files_were_modified_or_lost_is_refused_and_not_loaded(l
         assert tags["promotion.decision"] == "refused" and why in tags["promotion.reason"]
     failed = lab.cli("sample", "--model-uri", f"models:/{name}/1", "--out", str(tmp_path / "s.npz"), expect=1)
     assert "does not match" in failed.stderr and not (tmp_path / "s.npz").exists()
+    serve = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/1",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(free_port())]
+    refused = subprocess.run(serve, cwd=lab.directory, env=cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri),
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert refused.returncode != 0 and "refusing to serve a modified or corrupted model" in refused.stderr
     lab.cli("promote", "--name", name, "--version", "3")
     assert _champion(lab, name) == "3"

@@ -6,7 +6,6 @@ Invalid parameters exit with code 2 and a one-line message, before any heavy imp
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from training.config import (
     MAX_SAMPLES,
     ConfigError,
     TrainConfig,
+    check_range,
     parameter_fields,
 )
 from training.data import check_readable
@@ -64,11 +64,11 @@ def _bounded(name: str, kind, low=None, high=None):
     def parse(raw: str):
         try:
             value = kind(raw)
+            check_range(name, value, low, high)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be {KINDS[kind.__name__]} (got {raw!r})") from None
-        if math.isnan(value) or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{name} must be in [{low}, {'inf' if high is None else high}] "
-                                             f"(got {raw!r})")
         return value
     return parse
 

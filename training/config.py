@@ -116,11 +116,15 @@ def _describe_range(meta: dict[str, Any]) -> str:
     return f"{left}, {right}"
 
 
-def check_limit(name: str, value: float) -> None:
-    """Raise ConfigError unless `value` is a number within JOB_LIMITS[name]."""
-    low, high = JOB_LIMITS[name]
+def check_range(name: str, value: float, low: float, high: float | None) -> None:
+    """Raise ConfigError unless `value` is a number in [low, high] (high None: no upper bound)."""
     if math.isnan(value) or value < low or (high is not None and value > high):
         raise ConfigError(f"{name} must be in [{low}, {'inf' if high is None else high}] (got {value!r})")
+
+
+def check_limit(name: str, value: float) -> None:
+    """Raise ConfigError unless `value` is within JOB_LIMITS[name]."""
+    check_range(name, value, *JOB_LIMITS[name])
 
 
 def parameter_fields() -> list[dataclasses.Field]:

@@ -46,8 +46,11 @@ class Outbox:
         self.run_id, self.journal = run_id, journal
         self.client = client or mlflow.MlflowClient()
         self.pending: list[dict] = []
-        if journal.is_file():
-            self.pending = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+        for line in journal.read_text().splitlines() if journal.is_file() else []:
+            try:
+                self.pending.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: nothing after it was written
         self.unreachable_since: float | None = None
 
     def metrics(self, values: dict[str, float], step: int) -> None:

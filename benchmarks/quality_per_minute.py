@@ -84,9 +84,7 @@ def main() -> None:
 
     mnist = load_mnist(args.data)
     judge = evaluator.load_or_train(mnist)
-    real_features, _ = judge.features_and_probabilities(preprocess.to_unit_range(mnist.x_test))
-    picks = np.random.default_rng([0, 1]).choice(len(mnist.x_train), args.samples, replace=False)
-    reference, _, _ = evaluation.score(judge, preprocess.to_unit_range(mnist.x_train[picks]), real_features)
+    real_features, reference, _ = evaluation.real_reference(judge, mnist, args.samples, seed=0)
     print(json.dumps({"reference": reference}), flush=True)
 
     def score(sampler) -> dict:

@@ -1,4 +1,5 @@
 # Two commands on a fresh machine with python3 and make: `make run` and `make test`.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 # cpu,jax,dev here and in CI; on a CUDA machine: make run EXTRAS=gpu,jax,dev (after rm -rf .venv)
@@ -8,7 +9,7 @@ comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock clean serve services image push bench
+.PHONY: install run test lint lock clean serve services images image push bench
 
 install: $(STAMP)
 
@@ -22,12 +23,16 @@ $(STAMP): pyproject.toml requirements.lock
 run: install
 	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . --env-manager local $(PARAMS)
 
+# Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest.
 test: install
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	. infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
+		MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
+		MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) \
+		PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks
-	$(BIN)/hadolint infra/docker/Dockerfile
+	$(BIN)/hadolint infra/docker/*Dockerfile infra/containers/*.Dockerfile
 
 # Every CPU benchmark (about 35 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
 # BENCH_PARTS=throughput,quality,jobs,serving picks some (serving needs jobs' model).
@@ -52,16 +57,32 @@ serve: install
 services: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m infra.local_stack
 
-# Component images: CPU, CUDA (training) and tracking server. make image push REGISTRY=ghcr.io/org TAG=0.1.0
+# Images: the CPU component image, its CUDA variant and the tracking server. Docker by default;
+#   make image push REGISTRY=ghcr.io/org TAG=0.1.0
+#   make images CONTAINER_ENGINE=podman PYTHON_IMAGE=localhost/python-base:3.11-bookworm BUILD_FLAGS=...
+# (`. infra/containers/engine.sh` picks the engine and exports those settings for you.)
+CONTAINER_ENGINE ?= docker
+PYTHON_IMAGE ?= python:3.11.7-slim-bookworm
+DEBIAN_IMAGE ?= debian:bookworm-slim
+BUILD_FLAGS ?=
 REGISTRY ?= ghcr.io/mnist-gan
 TAG ?= 0.1.0
 IMAGE := $(REGISTRY)/mnist-gan:$(TAG)
-image:
-	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=cpu -t $(IMAGE) .
-	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=gpu -t $(IMAGE)-cuda .
-	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=cpu,server -t $(IMAGE)-server .
+SERVER_IMAGE := $(REGISTRY)/mnist-gan-server:$(TAG)
+TEST_POSTGRES_IMAGE := localhost/mnist-gan-test-postgres:15
+BUILD = $(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)
+
+# What the tests run: the CPU and tracking-server images, and PostgreSQL from Debian's packages.
+images:
+	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=cpu -t $(IMAGE) .
+	$(BUILD) -f infra/docker/server.Dockerfile -t $(SERVER_IMAGE) .
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+		-f infra/docker/postgres.Dockerfile -t $(TEST_POSTGRES_IMAGE) .
+
+image: images
+	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=gpu -t $(IMAGE)-cuda .
 
 push: image
-	docker push $(IMAGE)
-	docker push $(IMAGE)-cuda
-	docker push $(IMAGE)-server
+	$(CONTAINER_ENGINE) push $(IMAGE)
+	$(CONTAINER_ENGINE) push $(IMAGE)-cuda
+	$(CONTAINER_ENGINE) push $(SERVER_IMAGE)

@@ -7,22 +7,31 @@ from components.images import GPU_IMAGE, IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def preprocess(data: str, kfp_run: str, dataset: Output[Dataset]) -> str:
-    """Validated MNIST as an .npz artifact; opens the pipeline's parent MLflow run (returns its id)."""
+def prepare_data(data: str, dataset: Output[Dataset]):
+    """Validated MNIST as an .npz artifact: the same source gives the same artifact (cacheable)."""
     from training import pipeline_tasks
 
-    return pipeline_tasks.preprocess(data, kfp_run, dataset.path)
+    pipeline_tasks.prepare_data(data, dataset.path)
+
+
+@dsl.component(base_image=IMAGE)
+def open_mlflow_run(data: str, dataset: Input[Dataset], kfp_run: str) -> str:
+    """Opens the pipeline run's parent MLflow run, with the dataset as its input; returns its id."""
+    from training import pipeline_tasks
+
+    return pipeline_tasks.open_parent_run(data, dataset.path, kfp_run)
 
 
 @dsl.component(base_image=GPU_IMAGE)
-def train_gan(dataset: Input[Dataset], parent_run_id: str, generator: Output[Model],
+def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str, generator: Output[Model],
               metrics: Output[Metrics], preset: str = "seed", train_images: int = 0, epochs: int = 200,
               batch_size: int = 128,
               learning_rate: float = 0.0002, beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1,
               n_iter_g: int = 5, real_label: float = 0.9, fake_label: float = 0.0, seed: int = 0,
               max_steps: int = 0, precision: str = "auto", log_every: int = 50,
               checkpoint_dir: str = "checkpoints", resume: str = "false") -> str:
-    """Train the GAN on the dataset; returns the MLflow training run id."""
+    """Train the GAN on the dataset, checkpointing under checkpoint_root (storage that outlives the pod);
+    returns the MLflow training run id."""
     from training import pipeline_tasks
     from training.config import TrainConfig
 
@@ -33,7 +42,7 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, generator: Output[Mod
         real_label=real_label, fake_label=fake_label, seed=seed, max_steps=max_steps,
         precision=precision, log_every=log_every, checkpoint_dir=checkpoint_dir,
         resume=resume.lower() == "true")
-    run_id, last = pipeline_tasks.train(config, parent_run_id, generator.path)
+    run_id, last = pipeline_tasks.train(config, parent_run_id, generator.path, checkpoint_root)
     for name, value in last.items():
         metrics.log_metric(name, value)
     return run_id

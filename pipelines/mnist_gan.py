@@ -1,4 +1,5 @@
-"""preprocess -> train (GPU) + evaluator -> evaluate -> register -> promote (behind the evaluation gate).
+"""prepare data -> open the MLflow run -> train (GPU) + evaluator -> evaluate -> register -> promote
+(behind the evaluation gate).
 
 Cluster settings are compile-time arguments of `build`; MLflow and S3 credentials reach the tasks
 from a Kubernetes secret as environment variables, never as pipeline parameters.
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from components import gan
-from training.config import DEFAULT_DATA_URL, DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME
+from training.config import DEFAULT_DATA_URL, DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, ConfigError
 
 # Secret key -> environment variable; every task that talks to MLflow or S3 gets these.
 SECRET_ENV = {key: key for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
@@ -17,21 +18,60 @@ SECRET_ENV = {key: key for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERN
                                      "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")}
 
 
+CHECKPOINT_MOUNT = "/mnt/checkpoints"  # where a checkpoint volume is mounted in the training pod
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
+    """Compile-time settings of the cluster the pipeline runs on."""
+
     secret_name: str = "mnist-gan-tracking"
     gpu_type: str = "nvidia.com/gpu"
     gpu_count: int = 1
     cpu_only: bool = False
+    # GPU node pools are usually tainted: the training pod tolerates these taint keys (any value,
+    # NoSchedule) and may be pinned to labelled nodes, e.g. (("nvidia.com/gpu.present", "true"),).
+    gpu_tolerations: tuple[str, ...] = ("nvidia.com/gpu",)
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
     train_cpu: str = "4"
-    train_memory: str = "16G"
+    train_memory: str = "16Gi"
+    task_cpu: str = "1"
+    task_memory: str = "4Gi"
+    # Checkpoints: a PersistentVolumeClaim to mount (kept across pipeline runs, so resume=true can
+    # continue an earlier run), or "" for the pipeline run's own workspace (kept for retries only).
+    checkpoint_pvc: str = ""
+    workspace_size: str = "20Gi"
     retries: int = 2
+    retry_backoff: str = "60s"
+
+    def __post_init__(self) -> None:
+        if self.gpu_count != 1:
+            raise ConfigError(f"gpu_count must be 1: training uses one GPU (there is no data-parallel "
+                              f"training yet), got {self.gpu_count}")
+        for name in ("train_cpu", "train_memory", "task_cpu", "task_memory", "workspace_size"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must not be empty")
+
+
+def _limit_resources(task, cpu: str, memory: str) -> None:
+    """Request cpu and memory, and cap memory at the request (a task over it is killed, not its node)."""
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+
+
+def _place_on_gpu_nodes(task, settings: ClusterSettings) -> None:
+    task.set_accelerator_type(settings.gpu_type).set_accelerator_limit(settings.gpu_count)
+    for key in settings.gpu_tolerations:
+        kubernetes.add_toleration(task, key=key, operator="Exists", effect="NoSchedule")
+    for key, value in settings.gpu_node_selector:
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
 
 
 def build(settings: ClusterSettings = ClusterSettings()):
     """The pipeline function for these cluster settings."""
+    workspace = None if settings.checkpoint_pvc else dsl.WorkspaceConfig(size=settings.workspace_size)
 
-    @dsl.pipeline(name="mnist-gan", description="Train, evaluate, register and promote the MNIST GAN.")
+    @dsl.pipeline(name="mnist-gan", description="Train, evaluate, register and promote the MNIST GAN.",
+                  pipeline_config=dsl.PipelineConfig(workspace=workspace))
     def mnist_gan(data: str = DEFAULT_DATA_URL, train_images: int = 0, preset: str = "seed",
                   epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
                   beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
@@ -40,20 +80,28 @@ def build(settings: ClusterSettings = ClusterSettings()):
                   resume: str = "false", samples: int = DEFAULT_EVAL_SAMPLES,
                   model_name: str = DEFAULT_MODEL_NAME, min_fid_gain: float = 0.0,
                   max_classes_lost: int = 0, min_classes_covered: int = 10):
-        prep = gan.preprocess(data=data, kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        parent = prep.outputs["Output"]
+        # Cacheable: the same data gives the same dataset, and so the same evaluator.
+        prep = gan.prepare_data(data=data)
+        classifier = gan.train_classifier(dataset=prep.outputs["dataset"])
+        # Never cached: each writes to MLflow, and a cached answer would point at another run's records.
+        opened = gan.open_mlflow_run(data=data, dataset=prep.outputs["dataset"],
+                                     kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        parent = opened.output
         train = gan.train_gan(
-            dataset=prep.outputs["dataset"], parent_run_id=parent, preset=preset,
-            train_images=train_images, epochs=epochs,
+            dataset=prep.outputs["dataset"], parent_run_id=parent,
+            checkpoint_root=CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER,
+            preset=preset, train_images=train_images, epochs=epochs,
             batch_size=batch_size, learning_rate=learning_rate, beta_1=beta_1, z_dim=z_dim,
             n_iter_d=n_iter_d, n_iter_g=n_iter_g, real_label=real_label, fake_label=fake_label, seed=seed,
             max_steps=max_steps, precision=precision, log_every=log_every,
             checkpoint_dir=checkpoint_dir, resume=resume)
-        train.set_cpu_request(settings.train_cpu).set_memory_request(settings.train_memory)
-        train.set_retry(num_retries=settings.retries, backoff_duration="60s")
-        if not settings.cpu_only:
-            train.set_accelerator_type(settings.gpu_type).set_accelerator_limit(settings.gpu_count)
-        classifier = gan.train_classifier(dataset=prep.outputs["dataset"])
+        train.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff)
+        if settings.checkpoint_pvc:
+            kubernetes.mount_pvc(train, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        if settings.cpu_only:
+            train.set_container_image(gan.IMAGE)
+        else:
+            _place_on_gpu_nodes(train, settings)
         scored = gan.evaluate(
             dataset=prep.outputs["dataset"], generator=train.outputs["generator"],
             classifier=classifier.outputs["classifier"], parent_run_id=parent,
@@ -62,12 +110,17 @@ def build(settings: ClusterSettings = ClusterSettings()):
                                   evaluation_run_id=scored.outputs["Output"], model_name=model_name)
         gate = gan.evaluation_gate(evaluation_run_id=scored.outputs["Output"],
                                    min_classes_covered=min_classes_covered)
-        tracked = [prep, train, scored, registered, gate]
+        tracked = [opened, train, scored, registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
             promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
                                    min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             tracked.append(promoted)
+        _limit_resources(train, settings.train_cpu, settings.train_memory)
+        for task in [prep, classifier, *tracked]:
+            if task is not train:
+                _limit_resources(task, settings.task_cpu, settings.task_memory)
         for task in tracked:
+            task.set_caching_options(enable_caching=False)
             kubernetes.use_secret_as_env(task, secret_name=settings.secret_name,
                                          secret_key_to_env=SECRET_ENV, optional=True)
 

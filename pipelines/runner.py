@@ -55,12 +55,59 @@ def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
     return output
 
 
-def run_local(arguments: dict, pipeline_root: Path) -> None:
-    """The whole pipeline in this Python environment (kfp.local SubprocessRunner, no venv)."""
+def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
+              hosts: dict[str, str] | None = None, network: str = "host") -> None:
+    """The whole pipeline on this machine (kfp.local): each task as a process in this Python environment
+    (runner "subprocess"), or in the component image (runner "docker": Docker, or podman through its
+    Docker-compatible socket in DOCKER_HOST), on `network` with `hosts` (name -> IP) in /etc/hosts.
+    Tasks that can be cached (the dataset, the evaluator) are reused by later runs on the same root."""
+    import warnings
+
     from kfp import local
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    build(ClusterSettings(cpu_only=True))(**arguments)
+    pipeline_root = pipeline_root.resolve()
+    workspace = pipeline_root / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    if runner == "docker":
+        arguments = {**arguments, "data": _visible_to_containers(arguments.get("data"), pipeline_root)}
+        task_runner = _docker_runner(pipeline_root, workspace, hosts or {}, network)
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(pipeline_root), workspace_root=str(workspace),
+               enable_caching=True)
+    # CPU, memory and GPU requests are the cluster's business; kfp.local warns that it ignores them.
+    warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
+    build(ClusterSettings(cpu_only=True, retry_backoff="5s"))(**arguments)
+
+
+def _docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], network: str):
+    import os
+
+    from kfp import local
+
+    from pipelines.mnist_gan import SECRET_ENV
+
+    # The containers run as the image's user (uid 10001) and write their outputs into these mounts.
+    for folder in (pipeline_root, workspace):
+        folder.chmod(0o777)
+    return local.DockerRunner(
+        # The image's ENTRYPOINT is the mnist-gan CLI; Kubernetes replaces it with the task's command,
+        # Docker only when told to.
+        entrypoint=["/usr/bin/env"], network_mode=network, extra_hosts=hosts,
+        environment={"HOME": "/home/app", **{k: os.environ[k] for k in SECRET_ENV if k in os.environ}})
+
+
+def _visible_to_containers(data: str | None, pipeline_root: Path) -> str | None:
+    """A local data file, copied under the pipeline root (mounted at the same path in every container)."""
+    import shutil
+
+    if data is None or "://" in data or pipeline_root in Path(data).resolve().parents:
+        return data
+    copy = pipeline_root / "inputs" / Path(data).name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.parent.chmod(0o755)
+    shutil.copyfile(data, copy)
+    return str(copy)
 
 
 def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str | None = None,

@@ -12,11 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import ROOT, cli_env
-
-K8S = ROOT / "infra" / "k8s" / "tracking"
 
 
 def test_dockerfile_passes_hadolint():
@@ -32,25 +29,6 @@ def test_dockerfile_runs_as_non_root_from_pinned_dependencies():
     assert "USER 10001" in text and "-c requirements.lock" in text
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[1] == "*" and "!training/" in ignored and ".venv" not in "".join(ignored[2:])
-
-
-def test_kustomization_lists_existing_manifests_that_parse():
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    kinds = set()
-    for resource in kustomization["resources"]:
-        for document in yaml.safe_load_all((K8S / resource).read_text()):
-            kinds.add(document["kind"])
-    assert {"Deployment", "StatefulSet", "Service", "Job", "Namespace"} <= kinds
-    assert (K8S / "secrets.env.example").is_file()
-    mlflow = next(d for d in yaml.safe_load_all((K8S / "mlflow.yaml").read_text()) if d["kind"] == "Deployment")
-    args = " ".join(mlflow["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert "--artifacts-destination s3://" in args and "postgresql://" in args
-
-
-def test_compose_file_parses_and_binds_to_localhost():
-    compose = yaml.safe_load((ROOT / "infra" / "compose" / "docker-compose.yaml").read_text())
-    assert set(compose["services"]) == {"postgres", "minio", "bucket", "mlflow"}
-    assert compose["services"]["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
 
 
 def test_local_stack_starts_prints_its_env_and_stops_cleanly(tmp_path):

@@ -16,14 +16,15 @@ from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import DEFAULT_MODEL_NAME
 from training.data import file_sha256
 
-TRACKED_TASKS = {"preprocess", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
+TRACKED_TASKS = {"open-mlflow-run", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
+CACHED_TASKS = {"prepare-data", "train-classifier"}
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
     result = run_cli(["pipeline", "compile", "-o", str(path), "--gpu-type", "nvidia.com/gpu",
-                      "--gpu-count", "2"], path.parent, timeout=120)
+                      "--gpu-node-selector", "nvidia.com/gpu.present=true"], path.parent, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     spec, platform = yaml.safe_load_all(path.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -34,10 +35,11 @@ def test_the_task_graph(compiled):
     tasks = spec["root"]["dag"]["tasks"]
     dependencies = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     assert dependencies == {
-        "preprocess": set(), "train-gan": {"preprocess"}, "train-classifier": {"preprocess"},
-        "evaluate": {"preprocess", "train-gan", "train-classifier"}, "evaluation-gate": {"evaluate"},
-        "register": {"preprocess", "train-gan", "evaluate"},
-        "condition-1": {"evaluation-gate", "preprocess", "register"}}
+        "prepare-data": set(), "open-mlflow-run": {"prepare-data"}, "train-classifier": {"prepare-data"},
+        "train-gan": {"prepare-data", "open-mlflow-run"},
+        "evaluate": {"prepare-data", "open-mlflow-run", "train-gan", "train-classifier"},
+        "evaluation-gate": {"evaluate"}, "register": {"open-mlflow-run", "train-gan", "evaluate"},
+        "condition-1": {"evaluation-gate", "open-mlflow-run", "register"}}
     assert "evaluation-gate-Output" in tasks["condition-1"]["triggerPolicy"]["condition"]
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert list(inner) == ["promote"]
@@ -50,10 +52,69 @@ def test_only_the_training_task_asks_for_a_gpu(compiled):
     assert with_gpu == {"exec-train-gan"}
     resources = executors["exec-train-gan"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == "2"
-    assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+    assert resources["accelerator"]["resourceCount"] == "1"
     assert spec["root"]["dag"]["tasks"]["train-gan"]["retryPolicy"]["maxRetryCount"] == 2
     assert executors["exec-train-gan"]["container"]["image"].endswith("-cuda")
+
+
+def test_every_task_requests_and_caps_cpu_and_memory(compiled):
+    spec, _ = compiled
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"]["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources.get(key), (name, key)
+    train = spec["deploymentSpec"]["executors"]["exec-train-gan"]["container"]["resources"]
+    assert (train["resourceCpuRequest"], train["resourceMemoryLimit"]) == ("4", "16Gi")
+
+
+def test_the_training_task_tolerates_tainted_gpu_nodes_and_selects_them(compiled):
+    _, kubernetes = compiled
+    train = kubernetes["exec-train-gan"]
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert not any("tolerations" in e or "nodeSelector" in e for n, e in kubernetes.items() if n != "exec-train-gan")
+
+
+def test_more_than_one_gpu_is_refused_until_training_is_data_parallel(tmp_path):
+    result = run_cli(["pipeline", "compile", "-o", str(tmp_path / "p.yaml"), "--gpu-count", "2"], tmp_path,
+                     timeout=120)
+    assert result.returncode == 2 and "gpu_count must be 1" in result.stderr
+    assert "no data-parallel training" in result.stderr and not (tmp_path / "p.yaml").exists()
+
+
+def _compile(tmp_path, *flags) -> tuple[dict, dict]:
+    path = tmp_path / "pipeline.yaml"
+    result = run_cli(["pipeline", "compile", "-o", str(path), *flags], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--checkpoint-pvc", "mnist-gan-checkpoints"]])
+def test_checkpoints_live_on_storage_that_outlives_the_pod(tmp_path, flags):
+    """The pipeline run's workspace (a PVC KFP makes per run: retries resume), or a named PVC (kept across
+    runs: resume=true continues an earlier run)."""
+    spec, kubernetes = _compile(tmp_path, *flags)
+    root = spec["root"]["dag"]["tasks"]["train-gan"]["inputs"]["parameters"]["checkpoint_root"]
+    train = kubernetes["deploymentSpec"]["executors"]["exec-train-gan"]
+    if not flags:
+        assert root["runtimeValue"]["constant"] == "{{$.workspace_path}}"
+        assert kubernetes["pipelineConfig"]["workspace"]["size"] == "20Gi"
+        assert "pvcMount" not in train
+    else:
+        assert root["runtimeValue"]["constant"] == "/mnt/checkpoints"
+        (mount,) = train["pvcMount"]
+        assert mount["mountPath"] == "/mnt/checkpoints"
+        assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "mnist-gan-checkpoints"
+        assert "workspace" not in kubernetes.get("pipelineConfig", {})
+
+
+def test_data_and_evaluator_are_cached_and_tasks_that_write_to_mlflow_never(compiled):
+    spec, _ = compiled
+    tasks = {**spec["root"]["dag"]["tasks"], **spec["components"]["comp-condition-1"]["dag"]["tasks"]}
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == CACHED_TASKS
+    assert TRACKED_TASKS <= set(tasks)
 
 
 def test_cpu_only_compiles_without_an_accelerator(tmp_path):
@@ -186,7 +247,7 @@ def test_training_component_inputs_have_the_config_defaults():
     inputs = train_gan.component_spec.inputs
     defaults = TrainConfig().to_dict()
     for name, spec in inputs.items():
-        if name in ("dataset", "parent_run_id", "resume", "data"):
+        if name in ("dataset", "parent_run_id", "checkpoint_root", "resume", "data"):
             continue
         assert spec.default == defaults[name], name
     assert inputs["resume"].default == "false"

@@ -140,8 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     actions = pipeline.add_subparsers(dest="action", required=True, parser_class=_Parser)
     cluster = _Parser(add_help=False)
     cluster.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator type of the training task")
-    cluster.add_argument("--gpu-count", type=_bounded("gpu_count", int, 1, 16), default=1)
+    cluster.add_argument("--gpu-count", type=_bounded("gpu_count", int, 1, 16), default=1,
+                         help="GPUs of the training task (1: there is no data-parallel training yet)")
     cluster.add_argument("--cpu-only", action="store_true", help="train without requesting a GPU")
+    cluster.add_argument("--gpu-toleration", action="append", default=None, metavar="TAINT_KEY",
+                         help="taint key of GPU nodes the training task tolerates (repeatable; "
+                              "default nvidia.com/gpu)")
+    cluster.add_argument("--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                         help="node label the training task requires (repeatable)")
+    cluster.add_argument("--checkpoint-pvc", default="", metavar="CLAIM",
+                         help="PersistentVolumeClaim for checkpoints, kept across runs (default: the "
+                              "pipeline run's workspace, kept for retries)")
     cluster.add_argument("--secret", default="mnist-gan-tracking",
                          help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see README)")
     arguments = _Parser(add_help=False)
@@ -151,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
     local = actions.add_parser("run-local", parents=[arguments], help="run every task here (kfp.local)")
     local.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"))
+    local.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                       help="tasks as processes here, or in the component image (Docker or podman)")
+    local.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                       help="docker runner: a host name the containers resolve, e.g. mlflow:127.0.0.1")
+    local.add_argument("--network", default="host", help="docker runner: the containers' network")
     submit = actions.add_parser("submit", parents=[cluster, arguments], help="start a run on a cluster")
     submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
     submit.add_argument("--namespace", default=None)
@@ -226,8 +240,15 @@ def _prepare_pipeline(args: argparse.Namespace):
 
     settings = None
     if args.action in ("compile", "submit"):
+        selector = [pair.split("=", 1) for pair in args.gpu_node_selector]
+        if any(len(pair) != 2 or not all(pair) for pair in selector):
+            raise ConfigError("each --gpu-node-selector must be LABEL=VALUE")
+        tolerations = ClusterSettings.gpu_tolerations if args.gpu_toleration is None else args.gpu_toleration
         settings = ClusterSettings(secret_name=args.secret, gpu_type=args.gpu_type,
-                                   gpu_count=args.gpu_count, cpu_only=args.cpu_only)
+                                   gpu_count=args.gpu_count, cpu_only=args.cpu_only,
+                                   gpu_tolerations=tuple(tolerations),
+                                   gpu_node_selector=tuple(map(tuple, selector)),
+                                   checkpoint_pvc=args.checkpoint_pvc)
     if args.action == "compile":
         return lambda: print(f"pipeline: wrote {runner.compile_pipeline(args.output, settings)}")
     pairs = [p.split("=", 1) for p in args.param]
@@ -235,7 +256,11 @@ def _prepare_pipeline(args: argparse.Namespace):
         raise ConfigError("each -p must be KEY=VALUE")
     arguments = runner.check_arguments(dict(pairs))
     if args.action == "run-local":
-        return lambda: runner.run_local(arguments, args.pipeline_root)
+        hosts = [entry.split(":", 1) for entry in args.add_host]
+        if any(len(entry) != 2 or not all(entry) for entry in hosts):
+            raise ConfigError("each --add-host must be NAME:IP")
+        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, dict(hosts),
+                                        args.network)
 
     def submit():
         token = args.token or os.environ.get("KF_PIPELINES_TOKEN")

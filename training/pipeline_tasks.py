@@ -1,7 +1,7 @@
 """What each Kubeflow task does, as plain functions over file paths: `components/` only wires KFP
 artifacts to these, so the cluster, the local runner and the CLI all run this code.
 
-MLflow: the preprocess task opens one parent run per KFP run (or adopts an injected MLFLOW_RUN_ID);
+MLflow: the open-mlflow-run task opens one parent run per KFP run (or adopts an injected MLFLOW_RUN_ID);
 every later task re-enters that parent and records its work as a nested run.
 """
 
@@ -26,20 +26,27 @@ def _inside(parent_run_id: str):
         yield
 
 
-def preprocess(data: str, kfp_run: str, dataset_path: str) -> str:
-    """Validate MNIST, write it as an .npz artifact, and open the parent MLflow run of this pipeline
-    run; returns the parent run id. (A training subset is the training task's `train_images`: the
-    evaluator always learns from the whole training split.)"""
+def prepare_data(data: str, dataset_path: str) -> None:
+    """Validate MNIST and write it as the pipeline's dataset artifact: the verified bytes themselves, so
+    the same source gives the same artifact (KFP caches this task and the evaluator trained on it) and
+    the same sha256 as `mlflow run`'s lineage tags. (A training subset is the training task's
+    `train_images`: the evaluator always learns from the whole training split.)"""
+    from training.data import load_mnist
+
+    mnist = load_mnist(data)
+    Path(dataset_path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mnist.path, dataset_path)
+
+
+def open_parent_run(data: str, dataset_path: str, kfp_run: str) -> str:
+    """Open the parent MLflow run of this pipeline run (or adopt an injected MLFLOW_RUN_ID), with the
+    dataset logged by a nested `prepare-data` run; returns the parent run id."""
     import mlflow
 
     from training import tracking
     from training.data import load_mnist
 
-    mnist = load_mnist(data)
-    Path(dataset_path).parent.mkdir(parents=True, exist_ok=True)
-    # The verified bytes themselves: the same sha256 as the source, so lineage tags and the evaluator
-    # cache are shared with `mlflow run` and with every other run of this pipeline on this data.
-    shutil.copyfile(mnist.path, dataset_path)
+    mnist = load_mnist(dataset_path)
     with tracking.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"), name=f"kfp-{kfp_run}") as parent:
         mlflow.set_tags({"kfp_run": kfp_run, "data_source": data, "data_sha256": mnist.sha256})
         with tracking.start_run(nested=True, name="prepare-data"):
@@ -47,19 +54,21 @@ def preprocess(data: str, kfp_run: str, dataset_path: str) -> str:
     return parent.info.run_id
 
 
-def train(config: TrainConfig, parent_run_id: str, generator_dir: str) -> tuple[str, dict[str, float]]:
+def train(config: TrainConfig, parent_run_id: str, generator_dir: str,
+          checkpoint_root: str = ".") -> tuple[str, dict[str, float]]:
     """Train on the dataset artifact (config.data); copy the generator into generator_dir/generator.keras;
     returns (run id, last logged metrics).
 
-    Checkpoints go under checkpoint_dir/kfp-<parent run id>/, one folder per pipeline run: when KFP
-    retries this task after a crash or a preemption (same pipeline run, same inputs), it finds its own
-    checkpoint there and resumes it, in the same MLflow run, instead of starting over. checkpoint_dir
-    must then be storage that outlives the pod (a mounted volume).
+    Checkpoints go under checkpoint_root/checkpoint_dir/kfp-<parent run id>/, one folder per pipeline
+    run: when KFP retries this task after a crash or a preemption (same pipeline run, same inputs), it
+    finds its own checkpoint there and resumes it, in the same MLflow run, instead of starting over.
+    checkpoint_root is storage that outlives the pod: the pipeline run's workspace, or a mounted volume
+    (which also keeps earlier pipeline runs' checkpoints for resume=true).
     """
     from training import checkpoint, jobs
     from training.sampling import generator_path as run_generator
 
-    root = Path(config.checkpoint_dir)
+    root = Path(checkpoint_root) / config.checkpoint_dir  # an absolute checkpoint_dir stays as it is
     own_dir = root / f"kfp-{parent_run_id}"
     if checkpoint.latest_run_dir(own_dir) is not None:
         print(f"train: this pipeline run already has a checkpoint in {own_dir} (a retry): resuming it")

@@ -1,0 +1,23 @@
+# The tracking-server image: MLflow (basic auth), the PostgreSQL driver and boto3, nothing else.
+#   docker build -f infra/docker/server.Dockerfile -t ghcr.io/mnist-gan/mnist-gan-server:0.1.0 .
+# Configured by environment variables only: see infra/tracking_server.py.
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GIT_PYTHON_REFRESH=quiet
+
+RUN groupadd --gid 10001 app && useradd --uid 10001 --gid app --create-home app
+COPY requirements.lock /tmp/requirements.lock
+RUN python -m pip install -c /tmp/requirements.lock "mlflow[auth]" psycopg2-binary boto3 \
+ && rm /tmp/requirements.lock \
+ && python -c "import mlflow.server.auth, psycopg2, boto3"
+COPY --chmod=755 infra/tracking_server.py /usr/local/bin/mnist-gan-tracking-server
+
+USER 10001:10001
+WORKDIR /home/app
+EXPOSE 5000
+ENTRYPOINT ["mnist-gan-tracking-server"]

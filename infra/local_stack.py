@@ -92,7 +92,8 @@ def s3_server(directory: Path, bucket: str = "mnist-gan"):
 def mlflow_server(directory: Path, artifacts_destination: str | None = None, env: dict | None = None,
                   port: int | None = None, extra_args: tuple[str, ...] = ()):
     """`mlflow server` on sqlite in `directory` (a restart on the same directory and port continues the
-    same server); yields its http:// URI."""
+    same server); yields its http:// URI. Containers on the host's network reach it by the name `mlflow`
+    too (`--add-host mlflow:127.0.0.1`): MLflow refuses Host headers it was not told about."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
@@ -100,7 +101,8 @@ def mlflow_server(directory: Path, artifacts_destination: str | None = None, env
             "--backend-store-uri", f"sqlite:///{directory / 'server.db'}", *extra_args]
     if "--default-artifact-root" not in extra_args:
         args += ["--artifacts-destination", artifacts_destination or str(directory / "artifacts")]
-    server_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                  "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port},mlflow:{port}"}
     uri = f"http://127.0.0.1:{port}"
     with background(args, directory / "mlflow-server.log", server_env, append=True) as process:
         wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200,

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Entry point of the tracking-server image: MLflow with its basic-auth app, runs, registry and users in
 the backend store (PostgreSQL), artifacts proxied to S3. It takes no arguments; a Kubernetes secret and
 the manifest's env configure it:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def test_local_stack_starts_prints_its_env_and_stops_cleanly(tmp_path):
     uri = exports["MLFLOW_TRACKING_URI"]
     assert uri.startswith("http://127.0.0.1:") and exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     assert urllib.request.urlopen(f"{uri}/health", timeout=10).status == 200
+    # a container reaches it as http://mlflow:PORT; any other name is refused (DNS rebinding)
+    search = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1",
+                                    headers={"Host": f"mlflow:{uri.rsplit(':', 1)[1]}"})
+    assert urllib.request.urlopen(search, timeout=10).status == 200
+    search.add_header("Host", "attacker.example")
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(search, timeout=10)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert "# services stopped" in process.stdout.read()

@@ -7,7 +7,8 @@ FROM ${DEBIAN_IMAGE}
 RUN groupadd --system --gid 999 postgres \
  && useradd --system --uid 999 --gid postgres --home-dir /var/lib/postgresql postgres \
  && apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/lib/postgresql/data && chown -R 999:999 /var/lib/postgresql
 COPY --chmod=755 infra/docker/postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
 ENV PGDATA=/var/lib/postgresql/data PATH=/usr/lib/postgresql/15/bin:$PATH
 USER 999:999

@@ -1,4 +1,5 @@
-# The tracking-server image: MLflow (basic auth), the PostgreSQL driver and boto3, nothing else.
+# The tracking-server image: MLflow (basic auth), the PostgreSQL driver (psycopg 3, SQLAlchemy's default
+# for postgresql:// URIs) and boto3, nothing else.
 #   docker build -f infra/docker/server.Dockerfile -t ghcr.io/mnist-gan/mnist-gan-server:0.1.0 .
 # Configured by environment variables only: see infra/tracking_server.py.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
@@ -12,9 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid app --create-home app
 COPY requirements.lock /tmp/requirements.lock
-RUN python -m pip install -c /tmp/requirements.lock "mlflow[auth]" psycopg2-binary boto3 \
+RUN python -m pip install -c /tmp/requirements.lock "mlflow[auth]" "psycopg[binary]" boto3 \
  && rm /tmp/requirements.lock \
- && python -c "import mlflow.server.auth, psycopg2, boto3"
+ && python -c "import mlflow.server.auth, psycopg, boto3"
 COPY --chmod=755 infra/tracking_server.py /usr/local/bin/mnist-gan-tracking-server
 
 USER 10001:10001

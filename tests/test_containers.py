@@ -1,0 +1,193 @@
+"""The images as a cluster runs them: the component image as its non-root user, the tracking-server image
+with authentication, and the whole pipeline in containers (kfp.local's DockerRunner) against MLflow on
+PostgreSQL with artifacts in S3, reached by host names; then a training container killed mid-epoch and
+its task rerun as a KFP retry does. `make test` builds the images first."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+
+from tests.conftest import run_cli
+from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, run_args, tracking_stack
+from training.config import DEFAULT_MODEL_NAME
+
+pytestmark = pytest.mark.slow
+TINY = {"preset": "tiny", "train_images": 2048, "batch_size": 64, "log_every": 4}
+
+
+def writable_folder(path: Path) -> Path:
+    """A host folder the images' user (uid 10001) may write, as a volume mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def test_the_component_image_runs_its_cli_as_a_non_root_user():
+    assert engine("run", "--rm", IMAGE, "--help").stdout.startswith("usage: mnist-gan")
+    assert engine("run", "--rm", "--entrypoint", "id", IMAGE, "-u").stdout.strip() == "10001"
+
+
+def test_tiny_training_in_the_image_writes_only_to_its_volume(tmp_path, mnist_path):
+    """Default (relative) checkpoint folder: the image's working folder is the user's own."""
+    volume = writable_folder(tmp_path / "volume")
+    shutil.copy(mnist_path, volume / "mnist.npz")
+    env = {"MLFLOW_TRACKING_URI": "sqlite:////data/mlflow.db"}
+    result = engine("run", "--rm", *run_args(env, {volume: "/data"}), IMAGE, "train", "--data=/data/mnist.npz",
+                    "--preset=tiny", "--train-images=256", "--batch-size=64", "--epochs=1", "--max-steps=2",
+                    env=env)
+    assert "Failed to import Git" not in result.stdout + result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{volume / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["global_step"] == "2"
+    assert volume.stat().st_uid != 10001 and (volume / "mlflow.db").stat().st_uid == 10001
+
+
+def test_the_server_image_has_mlflow_and_no_tensorflow():
+    check = "import importlib.util as u; print(u.find_spec('tensorflow') is None, u.find_spec('psycopg') is not None)"
+    result = engine("run", "--rm", "--entrypoint", "python", SERVER_IMAGE, "-c", check)
+    assert result.stdout.split() == ["True", "True"]
+    refused = engine("run", "--rm", SERVER_IMAGE, check=False)
+    assert refused.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with tracking_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+def test_the_server_answers_a_service_host_name_and_only_signed_in_users(stack):
+    search = "/api/2.0/mlflow/experiments/search"
+    port = stack.host_uri.rsplit(":", 1)[1]
+    anonymous = requests.post(f"{stack.host_uri}{search}", json={"max_results": 1},
+                              headers={"Host": f"mlflow:{port}"}, timeout=30)
+    assert anonymous.status_code == 401
+    admin = requests.post(f"{stack.host_uri}{search}", json={"max_results": 1}, auth=stack.admin,
+                          headers={"Host": f"mlflow:{port}"}, timeout=30)
+    assert admin.status_code == 200
+    rebound = requests.post(f"{stack.host_uri}{search}", json={"max_results": 1}, auth=stack.admin,
+                            headers={"Host": f"attacker.example:{port}"}, timeout=30)
+    assert rebound.status_code == 403
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(stack, tmp_path_factory, mnist_path):
+    """The whole pipeline in containers, as the pipeline's MLflow user; returns (user, pipeline root)."""
+    work = tmp_path_factory.mktemp("pipeline")
+    user = stack.create_user("pipeline")
+    params = {**TINY, "data": str(mnist_path), "epochs": 1, "samples": 500, "min_classes_covered": 0}
+    flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
+    hosts = [item for name, ip in HOSTS.items() for item in ("--add-host", f"{name}:{ip}")]
+    result = run_cli(["pipeline", "run-local", "--runner", "docker", *hosts, *flags,
+                      "--pipeline-root", str(work / "root")], work, timeout=1500,
+                     MLFLOW_TRACKING_URI=stack.service_uri, MLFLOW_TRACKING_USERNAME=user[0],
+                     MLFLOW_TRACKING_PASSWORD=user[1])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return user, work / "root", result
+
+
+def admin_client(stack, monkeypatch) -> mlflow.MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
+    return mlflow.MlflowClient(stack.host_uri)
+
+
+def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch):
+    client = admin_client(stack, monkeypatch)
+    runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    train = children["train"]
+    champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+    assert champion.tags["training_run_id"] == train.info.run_id
+
+    s3 = boto3.client("s3", endpoint_url=stack.s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=stack.s3_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=stack.s3_env["AWS_SECRET_ACCESS_KEY"])
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]}
+    assert any(k.endswith(f"{children['evaluate'].info.run_id}/artifacts/report/report.html") for k in keys)
+    assert any(k.endswith(f"{train.info.run_id}/artifacts/models/generator.keras") for k in keys)
+
+    # what the server keeps is in PostgreSQL
+    run_id = train.info.run_id
+    params = dict(stack.sql(f"select key, value from params where run_uuid = '{run_id}'"))
+    assert params["preset"] == "tiny" and params["train_images"] == "2048"
+    ((logged,),) = stack.sql(f"select count(*) from metrics where run_uuid = '{run_id}' and key = 'g_loss'")
+    assert int(logged) >= 2
+
+
+def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):
+    pipeline_user, _, _ = pipeline_run
+    viewer = stack.create_user("viewer")
+    version = admin_client(stack, monkeypatch).get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", viewer[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", viewer[1])
+    client = mlflow.MlflowClient(stack.host_uri)
+    assert client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version == version  # may read
+    with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
+        client.set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", pipeline_user[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", pipeline_user[1])
+    mlflow.MlflowClient(stack.host_uri).set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
+
+
+def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pipeline_run, mnist_path,
+                                                                      monkeypatch, caplog):
+    """Kill the training task's container mid-epoch; rerun the task with the same inputs (what KFP does
+    on a retry): it finds its checkpoint in the workspace volume and continues the same MLflow run.
+    The same data on the same pipeline root is a cache hit (no container runs for it)."""
+    import logging
+
+    from kfp import dsl, local
+
+    from components import gan
+    from pipelines import runner
+
+    user, root, _ = pipeline_run
+    for name, value in (("MLFLOW_TRACKING_URI", stack.service_uri), ("MLFLOW_TRACKING_USERNAME", user[0]),
+                        ("MLFLOW_TRACKING_PASSWORD", user[1])):
+        monkeypatch.setenv(name, value)
+    workspace = root / "workspace"
+    local.init(runner=runner._docker_runner(root, workspace, HOSTS, "host"), pipeline_root=str(root),
+               workspace_root=str(workspace), enable_caching=True, raise_on_error=False)
+    data = str(root / "inputs" / Path(mnist_path).name)
+    with caplog.at_level(logging.INFO):
+        prepared = gan.prepare_data(data=data)
+    assert "cache hit" in caplog.text
+    parent = gan.open_mlflow_run(data=data, dataset=prepared.outputs["dataset"], kfp_run="retry-test").output
+
+    train_on_cpu = dsl.component(base_image=IMAGE)(gan.train_gan.python_func)
+    arguments = dict(dataset=prepared.outputs["dataset"], parent_run_id=parent,
+                     checkpoint_root=dsl.WORKSPACE_PATH_PLACEHOLDER, epochs=3, **TINY)
+    attempt = threading.Thread(target=lambda: train_on_cpu(**arguments))
+    attempt.start()
+    own = workspace / "checkpoints" / f"kfp-{parent}"
+    deadline = time.monotonic() + 600
+    while not list(own.glob("*/ckpt-*.json")) and time.monotonic() < deadline:  # the first epoch's
+        time.sleep(0.2)
+    (run_dir,) = own.iterdir()
+    time.sleep(1.0)  # into epoch 2
+    (training,) = engine("ps", "-q", "--filter", f"ancestor={IMAGE}").stdout.split()
+    engine("kill", training)
+    attempt.join(timeout=120)
+
+    client = admin_client(stack, monkeypatch)
+    assert client.get_run(run_dir.name).data.tags.get("epochs_done") is None  # it did not finish
+    retried = train_on_cpu(**arguments)
+    assert retried.output == run_dir.name
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED" and run.data.tags["epochs_done"] == "3"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
+    assert steps == sorted(set(steps))  # no step logged twice across the kill
+    assert run.data.params["epochs"] == "3"

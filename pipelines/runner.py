@@ -70,7 +70,7 @@ def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
     workspace.mkdir(parents=True, exist_ok=True)
     if runner == "docker":
         arguments = {**arguments, "data": _visible_to_containers(arguments.get("data"), pipeline_root)}
-        task_runner = _docker_runner(pipeline_root, workspace, hosts or {}, network)
+        task_runner = docker_runner(pipeline_root, workspace, hosts or {}, network)
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=str(pipeline_root), workspace_root=str(workspace),
@@ -80,17 +80,24 @@ def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
     build(ClusterSettings(cpu_only=True, retry_backoff="5s"))(**arguments)
 
 
-def _docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], network: str):
+def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], network: str,
+                  checkpoints: Path | None = None):
+    """kfp.local's DockerRunner for the component image; `checkpoints`, a host folder, is mounted where
+    the cluster mounts the checkpoint volume (ClusterSettings.checkpoint_pvc)."""
     import os
 
+    import docker
     from kfp import local
 
-    from pipelines.mnist_gan import SECRET_ENV
+    from pipelines.mnist_gan import CHECKPOINT_MOUNT, SECRET_ENV
 
     # The containers run as the image's user (uid 10001) and write their outputs into these mounts.
-    for folder in (pipeline_root, workspace):
+    mounts = [] if checkpoints is None else [docker.types.Mount(CHECKPOINT_MOUNT, str(checkpoints), "bind")]
+    for folder in (pipeline_root, workspace, *([checkpoints] if checkpoints else [])):
+        folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o777)
     return local.DockerRunner(
+        mounts=mounts,
         # The image's ENTRYPOINT is the mnist-gan CLI; Kubernetes replaces it with the task's command,
         # Docker only when told to.
         entrypoint=["/usr/bin/env"], network_mode=network, extra_hosts=hosts,

@@ -3,8 +3,6 @@ with authentication, and the whole pipeline in containers (kfp.local's DockerRun
 PostgreSQL with artifacts in S3, reached by host names; then a training container killed mid-epoch and
 its task rerun as a KFP retry does. `make test` builds the images first."""
 
-from __future__ import annotations
-
 import shutil
 import threading
 import time
@@ -80,10 +78,15 @@ def test_the_server_answers_a_service_host_name_and_only_signed_in_users(stack):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(stack, tmp_path_factory, mnist_path):
+def pipeline_user(stack):
+    return stack.create_user("pipeline")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(stack, pipeline_user, tmp_path_factory, mnist_path):
     """The whole pipeline in containers, as the pipeline's MLflow user; returns (user, pipeline root)."""
     work = tmp_path_factory.mktemp("pipeline")
-    user = stack.create_user("pipeline")
+    user = pipeline_user
     params = {**TINY, "data": str(mnist_path), "epochs": 1, "samples": 500, "min_classes_covered": 0}
     flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
     hosts = [item for name, ip in HOSTS.items() for item in ("--add-host", f"{name}:{ip}")]
@@ -142,52 +145,55 @@ def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, p
     mlflow.MlflowClient(stack.host_uri).set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
 
 
-def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pipeline_run, mnist_path,
-                                                                      monkeypatch, caplog):
-    """Kill the training task's container mid-epoch; rerun the task with the same inputs (what KFP does
-    on a retry): it finds its checkpoint in the workspace volume and continues the same MLflow run.
-    The same data on the same pipeline root is a cache hit (no container runs for it)."""
-    import logging
-
+def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pipeline_user, mnist_path,
+                                                                      tmp_path, monkeypatch):
+    """Kill the training task's container mid-epoch, then run the task again with the same inputs, as a
+    KFP retry does: it finds its checkpoint on the checkpoint volume (a host folder mounted where the
+    cluster mounts the PVC) and continues the same MLflow run."""
     from kfp import dsl, local
 
     from components import gan
     from pipelines import runner
+    from pipelines.mnist_gan import CHECKPOINT_MOUNT
 
-    user, root, _ = pipeline_run
-    for name, value in (("MLFLOW_TRACKING_URI", stack.service_uri), ("MLFLOW_TRACKING_USERNAME", user[0]),
-                        ("MLFLOW_TRACKING_PASSWORD", user[1])):
+    for name, value in (("MLFLOW_TRACKING_URI", stack.service_uri),
+                        ("MLFLOW_TRACKING_USERNAME", pipeline_user[0]),
+                        ("MLFLOW_TRACKING_PASSWORD", pipeline_user[1])):
         monkeypatch.setenv(name, value)
-    workspace = root / "workspace"
-    local.init(runner=runner._docker_runner(root, workspace, HOSTS, "host"), pipeline_root=str(root),
-               workspace_root=str(workspace), enable_caching=True, raise_on_error=False)
-    data = str(root / "inputs" / Path(mnist_path).name)
-    with caplog.at_level(logging.INFO):
-        prepared = gan.prepare_data(data=data)
-    assert "cache hit" in caplog.text
-    parent = gan.open_mlflow_run(data=data, dataset=prepared.outputs["dataset"], kfp_run="retry-test").output
-
+    client = mlflow.MlflowClient(stack.host_uri)
+    experiment = client.get_experiment_by_name("mnist-gan") or client.get_experiment(
+        client.create_experiment("mnist-gan"))
+    parent = client.create_run(experiment.experiment_id, run_name="kfp-retry-test").info.run_id
+    root, checkpoints = tmp_path / "root", tmp_path / "checkpoints"
+    local.init(runner=runner.docker_runner(root, root / "workspace", HOSTS, "host", checkpoints),
+               pipeline_root=str(root), raise_on_error=False)
     train_on_cpu = dsl.component(base_image=IMAGE)(gan.train_gan.python_func)
-    arguments = dict(dataset=prepared.outputs["dataset"], parent_run_id=parent,
-                     checkpoint_root=dsl.WORKSPACE_PATH_PLACEHOLDER, epochs=3, **TINY)
-    attempt = threading.Thread(target=lambda: train_on_cpu(**arguments))
+
+    @dsl.pipeline(name="train-task")
+    def train_task(data: str, parent_run_id: str):
+        prepared = gan.prepare_data(data=data)
+        train_on_cpu(dataset=prepared.outputs["dataset"], parent_run_id=parent_run_id,
+                     checkpoint_root=CHECKPOINT_MOUNT, epochs=3, **TINY)
+
+    data = runner._visible_to_containers(str(mnist_path), root)
+    attempt = threading.Thread(target=lambda: train_task(data=data, parent_run_id=parent))
     attempt.start()
-    own = workspace / "checkpoints" / f"kfp-{parent}"
+    own = checkpoints / "checkpoints" / f"kfp-{parent}"
     deadline = time.monotonic() + 600
     while not list(own.glob("*/ckpt-*.json")) and time.monotonic() < deadline:  # the first epoch's
         time.sleep(0.2)
     (run_dir,) = own.iterdir()
-    time.sleep(1.0)  # into epoch 2
+    time.sleep(1.0)  # into the second epoch
     (training,) = engine("ps", "-q", "--filter", f"ancestor={IMAGE}").stdout.split()
     engine("kill", training)
     attempt.join(timeout=120)
+    killed = mlflow.MlflowClient(stack.host_uri).get_run(run_dir.name)
+    assert "epochs_done" not in killed.data.tags and killed.info.status == "RUNNING"
 
-    client = admin_client(stack, monkeypatch)
-    assert client.get_run(run_dir.name).data.tags.get("epochs_done") is None  # it did not finish
-    retried = train_on_cpu(**arguments)
-    assert retried.output == run_dir.name
+    train_task(data=data, parent_run_id=parent)
     run = client.get_run(run_dir.name)
     assert run.info.status == "FINISHED" and run.data.tags["epochs_done"] == "3"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["epochs"] == "3"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
-    assert steps == sorted(set(steps))  # no step logged twice across the kill
-    assert run.data.params["epochs"] == "3"
+    assert steps == sorted(set(steps)) and steps[-1] == 3 * 2048 // 64  # every step once, across the kill
+    assert len(client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")) == 1

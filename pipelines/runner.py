@@ -75,9 +75,20 @@ def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
         task_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=str(pipeline_root), workspace_root=str(workspace),
                enable_caching=True)
+    _show_cache_hits()
     # CPU, memory and GPU requests are the cluster's business; kfp.local warns that it ignores them.
     warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
     build(ClusterSettings(cpu_only=True, retry_backoff="5s"))(**arguments)
+
+
+def _show_cache_hits() -> None:
+    """kfp.local says at INFO on the root logger when it reuses a task's outputs: print just that."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: "cache hit" in record.getMessage())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
 
 
 def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], network: str,

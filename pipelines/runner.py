@@ -69,7 +69,8 @@ def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
     workspace = pipeline_root / "workspace"
     workspace.mkdir(parents=True, exist_ok=True)
     if runner == "docker":
-        arguments = {**arguments, "data": _visible_to_containers(arguments.get("data"), pipeline_root)}
+        if "data" in arguments:
+            arguments = {**arguments, "data": _visible_to_containers(arguments["data"], pipeline_root)}
         task_runner = docker_runner(pipeline_root, workspace, hosts or {}, network)
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
@@ -115,11 +116,11 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
         environment={"HOME": "/home/app", **{k: os.environ[k] for k in SECRET_ENV if k in os.environ}})
 
 
-def _visible_to_containers(data: str | None, pipeline_root: Path) -> str | None:
+def _visible_to_containers(data: str, pipeline_root: Path) -> str:
     """A local data file, copied under the pipeline root (mounted at the same path in every container)."""
     import shutil
 
-    if data is None or "://" in data or pipeline_root in Path(data).resolve().parents:
+    if "://" in data or pipeline_root in Path(data).resolve().parents:
         return data
     copy = pipeline_root / "inputs" / Path(data).name
     copy.parent.mkdir(parents=True, exist_ok=True)

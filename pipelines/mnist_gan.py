@@ -54,7 +54,8 @@ class ClusterSettings:
 
 
 def _limit_resources(task, cpu: str, memory: str) -> None:
-    """Request cpu and memory, and cap memory at the request (a task over it is killed, not its node)."""
+    """Request cpu and memory and cap both at the request (a task over its memory is killed, not its
+    node)."""
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 

@@ -103,15 +103,16 @@ def pipeline_run(stack, pipeline_user, tmp_path_factory, mnist_path):
     return user, work, result
 
 
-def admin_client(stack, monkeypatch) -> mlflow.MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
+def signed_in(stack, monkeypatch, user: tuple[str, str]) -> mlflow.MlflowClient:
+    """A client of the tracking server as `user` (name, password), which MLflow reads from the env."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
     return mlflow.MlflowClient(stack.host_uri)
 
 
 def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch, mnist_path):
     _, work, result = pipeline_run
-    client = admin_client(stack, monkeypatch)
+    client = signed_in(stack, monkeypatch, stack.admin)
     runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kfp_run")]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -147,16 +148,13 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
 def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):
     pipeline_user, _, _ = pipeline_run
     viewer = stack.create_user("viewer")
-    version = admin_client(stack, monkeypatch).get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", viewer[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", viewer[1])
-    client = mlflow.MlflowClient(stack.host_uri)
+    version = signed_in(stack, monkeypatch, stack.admin).get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version
+    client = signed_in(stack, monkeypatch, viewer)
     assert client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version == version  # may read
     with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
         client.set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", pipeline_user[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", pipeline_user[1])
-    mlflow.MlflowClient(stack.host_uri).set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
+    signed_in(stack, monkeypatch, pipeline_user).set_registered_model_alias(DEFAULT_MODEL_NAME, "champion",
+                                                                           version)
 
 
 def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pipeline_user, mnist_path,
@@ -170,11 +168,8 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     from pipelines import runner
     from pipelines.mnist_gan import CHECKPOINT_MOUNT
 
-    for name, value in (("MLFLOW_TRACKING_URI", stack.service_uri),
-                        ("MLFLOW_TRACKING_USERNAME", pipeline_user[0]),
-                        ("MLFLOW_TRACKING_PASSWORD", pipeline_user[1])):
-        monkeypatch.setenv(name, value)
-    client = mlflow.MlflowClient(stack.host_uri)
+    client = signed_in(stack, monkeypatch, pipeline_user)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.service_uri)  # what the task containers get
     experiment = client.get_experiment_by_name("mnist-gan") or client.get_experiment(
         client.create_experiment("mnist-gan"))
     parent = client.create_run(experiment.experiment_id, run_name="kfp-retry-test").info.run_id
@@ -201,7 +196,7 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     (training,) = engine("ps", "-q", "--filter", f"ancestor={IMAGE}").stdout.split()
     engine("kill", training)
     attempt.join(timeout=120)
-    killed = mlflow.MlflowClient(stack.host_uri).get_run(run_dir.name)
+    killed = client.get_run(run_dir.name)
     assert "epochs_done" not in killed.data.tags and killed.info.status == "RUNNING"
 
     train_task(data=data, parent_run_id=parent)

@@ -34,7 +34,7 @@ if __name__ == "__main__":
     from training.models import PRESET_WIDTHS, build_discriminator, build_generator
 
     for preset, widths in PRESET_WIDTHS.items():
-        g, d = build_generator(widths), build_discriminator(widths)
+        g, d = build_generator(widths, 100), build_discriminator(widths)
         print(f"{preset}: G {forward_flops_per_image(g) / 1e6:.1f} MFLOP/image, "
               f"D {forward_flops_per_image(d) / 1e6:.1f} MFLOP/image, step at batch 128: "
               f"{step_flops(g, d, 128) / 1e9:.1f} GFLOP ({math.ceil(60000 / 128)} steps/epoch)")

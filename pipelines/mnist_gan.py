@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from components import gan
-from training.config import DEFAULT_DATA_URL, DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, ConfigError
+from training.config import DEFAULT_DATA_URL, ConfigError, TrainConfig, names
 
 # Secret key -> environment variable; every task that talks to MLflow or S3 gets these.
 SECRET_ENV = {key: key for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
@@ -78,9 +78,11 @@ def build(settings: ClusterSettings = ClusterSettings()):
                   beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
                   real_label: float = 0.9, fake_label: float = 0.0, seed: int = 0, max_steps: int = 0,
                   precision: str = "auto", log_every: int = 50, checkpoint_dir: str = "checkpoints",
-                  resume: str = "false", samples: int = DEFAULT_EVAL_SAMPLES,
-                  model_name: str = DEFAULT_MODEL_NAME, min_fid_gain: float = 0.0,
-                  max_classes_lost: int = 0, min_classes_covered: int = 10):
+                  resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
+                  min_fid_gain: float = 0.0, max_classes_lost: int = 0, min_classes_covered: int = 10):
+        # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_pipeline.py holds them).
+        hyperparameters = {name: value for name, value in locals().items()
+                           if name in names(TrainConfig) and name != "data"}
         # Cacheable: the same data gives the same dataset, and so the same evaluator.
         prep = gan.prepare_data(data=data)
         classifier = gan.train_classifier(dataset=prep.outputs["dataset"])
@@ -91,11 +93,7 @@ def build(settings: ClusterSettings = ClusterSettings()):
         train = gan.train_gan(
             dataset=prep.outputs["dataset"], parent_run_id=parent,
             checkpoint_root=CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER,
-            preset=preset, train_images=train_images, epochs=epochs,
-            batch_size=batch_size, learning_rate=learning_rate, beta_1=beta_1, z_dim=z_dim,
-            n_iter_d=n_iter_d, n_iter_g=n_iter_g, real_label=real_label, fake_label=fake_label, seed=seed,
-            max_steps=max_steps, precision=precision, log_every=log_every,
-            checkpoint_dir=checkpoint_dir, resume=resume)
+            **hyperparameters)
         train.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff)
         if settings.checkpoint_pvc:
             kubernetes.mount_pvc(train, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
@@ -113,7 +111,8 @@ def build(settings: ClusterSettings = ClusterSettings()):
                                    min_classes_covered=min_classes_covered)
         tracked = [opened, train, scored, registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
-            promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
+            promoted = gan.promote(parent_run_id=parent, generator=train.outputs["generator"],
+                                   model_name=model_name, version=registered.output,
                                    min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             tracked.append(promoted)
         _limit_resources(train, settings.train_cpu, settings.train_memory)

@@ -15,38 +15,19 @@ def pipeline_parameters() -> dict:
     return {name: spec.default for name, spec in build().component_spec.inputs.items()}
 
 
-def check_arguments(arguments: dict) -> dict:
-    """Refuse unknown names, values that do not parse as the parameter's type, and values out of the
-    range the jobs accept (checked as `mlflow run` would, before anything is submitted); returns the
-    typed values."""
-    defaults = pipeline_parameters()
-    unknown = sorted(set(arguments) - set(defaults))
+def check_arguments(arguments: dict[str, str]) -> dict:
+    """Parse and check pipeline arguments given as text exactly as the jobs will (TrainConfig and
+    JobConfig, together with the defaults), before anything is submitted; returns the typed values."""
+    from training.config import JobConfig, TrainConfig, names
+
+    unknown = sorted(set(arguments) - set(pipeline_parameters()))
     if unknown:
         raise ValueError(f"unknown pipeline parameter(s): {', '.join(unknown)}")
     typed = {}
-    for name, raw in arguments.items():
-        kind = type(defaults[name])
-        try:
-            typed[name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
-        except ValueError:
-            raise ValueError(f"{name} must be {kind.__name__} like its default {defaults[name]!r} "
-                             f"(got {raw!r})") from None
-    _check_ranges({**defaults, **typed})
+    for cls in (TrainConfig, JobConfig):
+        config = cls.from_text({k: v for k, v in arguments.items() if k in names(cls)})
+        typed.update({k: v for k, v in config.to_dict().items() if k in arguments})
     return typed
-
-
-def _check_ranges(values: dict) -> None:
-    from training.config import JOB_LIMITS, ConfigError, TrainConfig, check_limit, parameter_fields
-
-    training = {f.name: values[f.name] for f in parameter_fields()}
-    resume = str(training["resume"]).lower()
-    if resume not in ("true", "false"):
-        raise ConfigError(f"resume must be true or false (got {training['resume']!r})")
-    TrainConfig.from_dict({**training, "resume": resume == "true"})
-    for name in JOB_LIMITS:
-        check_limit(name, values[name])
-    if not values["model_name"]:
-        raise ConfigError("model_name must not be empty")
 
 
 def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:

@@ -13,18 +13,20 @@ import numpy as np
 
 from training import backend
 from training.adam import Adam
+from training.config import TrainConfig
 from training.models import PRESET_WIDTHS, build_discriminator, build_generator
 from training.step import Gan, LatentSampler, Recipe
 
 # Dropout draws its masks from each backend's own RNG; without it, one step is a function of its inputs.
 WIDTHS = PRESET_WIDTHS["tiny"].__class__(**{**PRESET_WIDTHS["tiny"].__dict__, "dropout": 0.0})
-RECIPE = Recipe()
-BATCH, Z_DIM = 16, 100
+CONFIG = TrainConfig()
+RECIPE = Recipe(CONFIG.n_iter_d, CONFIG.n_iter_g, CONFIG.real_label, CONFIG.fake_label)
+BATCH, Z_DIM = 16, CONFIG.z_dim
 
 
 def build() -> Gan:
     backend.make_deterministic(0)
-    return Gan(build_generator(WIDTHS, Z_DIM), build_discriminator(WIDTHS), Adam(),
+    return Gan(build_generator(WIDTHS, Z_DIM), build_discriminator(WIDTHS), Adam(CONFIG.learning_rate, CONFIG.beta_1),
                LatentSampler(Z_DIM, seed=0), RECIPE)
 
 

@@ -1,7 +1,8 @@
 """Adam (Kingma & Ba, 2015) as a pure function, identical on every Keras backend.
 
-Matches `keras.optimizers.Adam` (epsilon outside the square root, bias correction folded into the
-step size). Written out because Keras' own `stateless_apply` is unavailable on TensorFlow.
+Matches `keras.optimizers.Adam` with its default beta_2 and epsilon (epsilon outside the square root,
+bias correction folded into the step size; tests/test_adam.py holds it to Keras on both backends).
+Written out because Keras' own `stateless_apply` is unavailable on TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from keras import ops
 
 @dataclass(frozen=True)
 class Adam:
-    learning_rate: float = 2e-4
-    beta_1: float = 0.5
-    beta_2: float = 0.999
+    learning_rate: float
+    beta_1: float
+    beta_2: float = 0.999  # Keras' defaults; the seed's recipe sets only learning_rate and beta_1
     epsilon: float = 1e-7
 
     def init(self, params: list) -> dict[str, list]:

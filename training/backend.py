@@ -6,8 +6,10 @@ TensorFlow when the backend is JAX, so a GPU host with only JAX runs the same tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from importlib import metadata
 
 import keras
 
@@ -101,3 +103,19 @@ def make_deterministic(seed: int) -> None:
 def to_numpy(tree):
     """Fetch a nest of device tensors to host NumPy arrays (one sync)."""
     return keras.tree.map_structure(keras.ops.convert_to_numpy, tree)
+
+
+def resolve_precision(requested: str) -> str:
+    """The Keras dtype policy a config's `precision` stands for: `auto` is mixed_bfloat16 on a GPU."""
+    if requested != "auto":
+        return requested
+    return "mixed_bfloat16" if accelerator() == "gpu" else "float32"
+
+
+def installed_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Name -> installed version of those of `packages` that are installed."""
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions

@@ -101,3 +101,21 @@ def latest_run_dir(root: Path) -> Path | None:
     manifests = root.parent.glob(f"{root.name}/*/ckpt-*.json") if root.parent.is_dir() else []
     newest = max(manifests, key=lambda p: p.stat().st_mtime_ns, default=None)
     return newest.parent if newest else None
+
+
+def pipeline_run_dir(root: Path, pipeline_run: str, resume: bool) -> tuple[Path, bool]:
+    """Where a pipeline's training task keeps its checkpoints, and whether it resumes: (folder, resume).
+
+    One folder per pipeline run, root/kfp-<pipeline run>: when Kubeflow retries the task after a crash
+    or a preemption (same pipeline run, same inputs), it finds its own checkpoint there and resumes it,
+    in the same MLflow run, instead of starting over. With `resume` and no checkpoint of its own, it
+    continues the newest checkpoint of an earlier pipeline run under `root` (storage that outlives the
+    pod: the pipeline run's workspace, or a mounted volume).
+    """
+    own = root / f"kfp-{pipeline_run}"
+    if latest_run_dir(own) is not None:
+        return own, True
+    if resume:
+        earlier = latest_run_dir(root / "*")
+        return (earlier.parent if earlier else own), True
+    return own, False

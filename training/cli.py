@@ -1,35 +1,42 @@
-"""`mnist-gan`: one console script, one subcommand per job; each is a thin call into `training.jobs`.
+"""`mnist-gan`: one console script, one subcommand per job, each one call into `training.jobs`.
 
-Invalid parameters exit with code 2 and a one-line message, before any heavy import.
+A command is a row of COMMANDS: its flags, the job it runs (after the cheap checks), and the lines it
+prints. Other packages add commands through the `mnist_gan.commands` entry point group (the `pipeline`
+command lives in pipelines/__main__.py). Invalid parameters exit with code 2 and a one-line message,
+before any heavy import.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+from training import checks
 from training.config import (
-    DEFAULT_DATA_URL,
-    DEFAULT_EVAL_SAMPLES,
-    DEFAULT_MODEL_NAME,
-    JOB_LIMITS,
     MAX_SAMPLES,
     ConfigError,
+    JobConfig,
+    Param,
     TrainConfig,
-    check_range,
-    parameter_fields,
+    param,
+    params,
+    parse_and_check,
 )
-from training.data import check_readable
-from training.promotion import PromotionRule
 
 EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": MAX_SAMPLES})
+VERSION = Param("version", "int", None, "the version to promote (default: the one aliased challenger)",
+                {"min": 1})
+MAIN_JOB_PARAMS = ("samples", "model_name", "min_fid_gain", "max_classes_lost")
+RULE_PARAMS = ("min_fid_gain", "max_classes_lost")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not the usage block
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -42,236 +49,250 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_args(args, namespace)
 
 
-def _convert(field, raw: str):
-    """Turn a flag's text into the field's type; the message names the parameter and the type."""
-    if not isinstance(raw, str):  # argparse hands over [] for a lone "--" value
-        raise ConfigError(f"{field.name} must be {KINDS[field.type]} (got {raw!r})")
-    try:
-        if field.type == "bool":
-            if raw.lower() not in TRUE + FALSE:
-                raise ValueError
-            return raw.lower() in TRUE
-        return {"int": int, "float": float, "str": str}[field.type](raw)
-    except ValueError:
-        raise ConfigError(f"{field.name} must be {KINDS[field.type]} (got {raw!r})") from None
-
-
-def _bounded(name: str, kind, low=None, high=None):
-    """An argparse type that names the parameter and its range (low..high, or JOB_LIMITS[name]) in its
-    error."""
-    low, high = (low, high) if low is not None else JOB_LIMITS[name]
-
-    def parse(raw: str):
+def typed(p: Param):
+    """An argparse type that parses and checks a value as `p` says; the error names p and its range."""
+    def convert(raw: str):
         try:
-            value = kind(raw)
-            check_range(name, value, low, high)
+            return parse_and_check(p, raw)
         except ConfigError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {KINDS[kind.__name__]} (got {raw!r})") from None
-        return value
-    return parse
+    return convert
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    for field in parameter_fields():
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, nargs="?", const="true", default=None, help=field.metadata["help"])
-        else:
-            parser.add_argument(flag, default=None, metavar=field.type.upper(),
-                                help=f"{field.metadata['help']} (default: {field.default})")
+def add_flag(parser: argparse.ArgumentParser, p: Param, *aliases: str, default: Any = None) -> None:
+    """A flag for a parameter. Left out, it is None (the config's default applies) unless `default`."""
+    shown = f" (default: {p.default})" if p.default is not None else ""
+    if p.type == "bool":
+        parser.add_argument(p.flag, *aliases, dest=p.name, nargs="?", const=True, default=default,
+                            type=typed(p), metavar="BOOL", help=p.help + shown)
+    else:
+        parser.add_argument(p.flag, *aliases, dest=p.name, default=default, type=typed(p),
+                            metavar=p.type.upper(), help=p.help + shown)
 
 
-def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = PromotionRule()
-    parser.add_argument("--min-fid-gain", type=_bounded("min_fid_gain", float),
-                        default=defaults.min_fid_gain, help="FID must drop by more than this")
-    parser.add_argument("--max-classes-lost", type=_bounded("max_classes_lost", int),
-                        default=defaults.max_classes_lost, help="classes covered the challenger may lose")
+def given(args: argparse.Namespace, cls, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The parameters of `cls` that were given on the command line."""
+    return {p.name: getattr(args, p.name) for p in params(cls)
+            if (only is None or p.name in only) and getattr(args, p.name, None) is not None}
 
 
-def _samples_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=_bounded("samples", int),
-                        default=DEFAULT_EVAL_SAMPLES, help="generated images to evaluate (same N for "
-                        f"every compared model; default {DEFAULT_EVAL_SAMPLES})")
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    prepare: Callable[[argparse.Namespace], Callable[[], Any]]  # cheap checks, then the job to run
+    report: Callable[[Any], list[str]] = lambda result: []  # the lines a person reads afterwards
+    tracked: bool = True  # talks to the tracking server: probe it first
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    name_help = f"registered model name (default {DEFAULT_MODEL_NAME})"
+# ---- flags ----
 
-    _add_train_flags(commands.add_parser("train", help="train a GAN, tracked in MLflow"))
+def _train_flags(parser):
+    for p in params(TrainConfig):
+        add_flag(parser, p)
 
-    main = commands.add_parser("main", help="prepare data, train, evaluate, register, promote")
-    _add_train_flags(main)
-    _samples_flag(main)
-    main.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=name_help)
-    _add_rule_flags(main)
 
-    evaluate = commands.add_parser("evaluate", help="score a generator's samples against MNIST's test split")
-    evaluate.add_argument("--generator", required=True,
-                          help="a training run id, runs:/<id>, models:/<name>@<alias> or a .keras file")
-    evaluate.add_argument("--data", default=DEFAULT_DATA_URL, help="mnist.npz source")
-    _samples_flag(evaluate)
-    evaluate.add_argument("--seed", type=_bounded("seed", int, 0, 2**31 - 1), default=0)
-    evaluate.add_argument("--training-run-id", default=None, help="link the evaluation to this run")
+def _job_flags(parser, names: tuple[str, ...]):
+    for name in names:
+        add_flag(parser, param(JobConfig, name), *(("--name",) if name == "model_name" else ()))
 
-    register = commands.add_parser("register", help="register a trained generator as 'challenger'")
-    register.add_argument("--training-run-id", required=True)
-    register.add_argument("--evaluation-run-id", required=True)
-    register.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
 
-    promote = commands.add_parser("promote", help="make the challenger champion if it is better")
-    promote.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
-    _add_rule_flags(promote)
-    promote.add_argument("--version", default=None, type=_bounded("version", int, 1),
-                         help="the version to promote (default: the one aliased challenger)")
-    promote.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
-    promote.add_argument("--to-registry-uri", default=None,
-                         help="copy the challenger into this registry and gate it against its champion")
-    promote.add_argument("--to-name", default=None, help="model name in the target registry")
+def _main_flags(parser):
+    _train_flags(parser)
+    _job_flags(parser, MAIN_JOB_PARAMS)
 
-    rollback = commands.add_parser("rollback", help="point 'champion' back at the previous champion")
-    rollback.add_argument("--name", default=DEFAULT_MODEL_NAME, help=name_help)
 
-    pipeline = commands.add_parser("pipeline", help="compile, run locally or submit the Kubeflow pipeline")
-    actions = pipeline.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    cluster = _Parser(add_help=False)
-    cluster.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator type of the training task")
-    cluster.add_argument("--gpu-count", type=_bounded("gpu_count", int, 1, 16), default=1,
-                         help="GPUs of the training task (1: there is no data-parallel training yet)")
-    cluster.add_argument("--cpu-only", action="store_true", help="train without requesting a GPU")
-    cluster.add_argument("--gpu-toleration", action="append", default=None, metavar="TAINT_KEY",
-                         help="taint key of GPU nodes the training task tolerates (repeatable; "
-                              "default nvidia.com/gpu)")
-    cluster.add_argument("--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
-                         help="node label the training task requires (repeatable)")
-    cluster.add_argument("--checkpoint-pvc", default="", metavar="CLAIM",
-                         help="PersistentVolumeClaim for checkpoints, kept across runs (default: the "
-                              "pipeline run's workspace, kept for retries)")
-    cluster.add_argument("--secret", default="mnist-gan-tracking",
-                         help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see README)")
-    arguments = _Parser(add_help=False)
-    arguments.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                           help="pipeline parameter (repeatable), e.g. -p epochs=2")
-    compile_ = actions.add_parser("compile", parents=[cluster], help="write the pipeline YAML")
-    compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
-    local = actions.add_parser("run-local", parents=[arguments], help="run every task here (kfp.local)")
-    local.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"))
-    local.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
-                       help="tasks as processes here, or in the component image (Docker or podman)")
-    local.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
-                       help="docker runner: a host name the containers resolve, e.g. mlflow:127.0.0.1")
-    local.add_argument("--network", default="host", help="docker runner: the containers' network")
-    submit = actions.add_parser("submit", parents=[cluster, arguments], help="start a run on a cluster")
-    submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
-    submit.add_argument("--namespace", default=None)
-    submit.add_argument("--experiment", default="mnist-gan")
-    submit.add_argument("--run-name", default=None)
-    submit.add_argument("--token", default=None, help="bearer token (or set KF_PIPELINES_TOKEN)")
-    submit.add_argument("--cookie", default=None, help="session cookie, e.g. authservice_session=...")
-    submit.add_argument("--wait", action="store_true", help="wait for the run; exit 1 if it fails")
+def _evaluate_flags(parser):
+    parser.add_argument("--generator", required=True,
+                        help="a training run id, runs:/<id>, models:/<name>@<alias> or a .keras file")
+    for p in (param(TrainConfig, "data"), param(JobConfig, "samples"), param(TrainConfig, "seed")):
+        add_flag(parser, p, default=p.default)
+    parser.add_argument("--training-run-id", default=None, help="link the evaluation to this run")
 
-    sample = commands.add_parser("sample", help="write N generated digits to .npz and a PNG grid")
-    sample.add_argument("--model-uri", required=True,
+
+def _register_flags(parser):
+    parser.add_argument("--training-run-id", required=True)
+    parser.add_argument("--evaluation-run-id", required=True)
+    _job_flags(parser, ("model_name",))
+
+
+def _promote_flags(parser):
+    _job_flags(parser, ("model_name", *RULE_PARAMS))
+    add_flag(parser, VERSION)
+    parser.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    parser.add_argument("--to-registry-uri", default=None,
+                        help="copy the challenger into this registry and gate it against its champion")
+    parser.add_argument("--to-name", default=None, help="model name in the target registry")
+
+
+def _sample_flags(parser):
+    parser.add_argument("--model-uri", required=True,
                         help="models:/<name>@<alias>, runs:/<id>, a run id or a .keras file")
-    sample.add_argument("-n", "--count", type=_bounded("n", int, 1, MAX_SAMPLES), default=64)
-    sample.add_argument("--seed", type=_bounded("seed", int, 0, 2**63 - 1), default=0)
-    sample.add_argument("--out", required=True, type=Path, help="the .npz to write (must not exist)")
-    return parser
+    add_flag(parser, COUNT, "-n", default=COUNT.default)
+    add_flag(parser, param(TrainConfig, "seed"), default=param(TrainConfig, "seed").default)
+    parser.add_argument("--out", required=True, type=Path, help="the .npz to write (must not exist)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = {f.name: _convert(f, getattr(args, f.name)) for f in parameter_fields()
-              if getattr(args, f.name) is not None}
-    return TrainConfig.from_dict(values)
+# ---- jobs ----
+
+def _job(args) -> JobConfig:
+    return JobConfig.from_dict(given(args, JobConfig))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run = _prepare(args)
-    except (ConfigError, ValueError) as err:
-        print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    return _run(args.command, run)
-
-
-def _prepare(args: argparse.Namespace):
-    """Validate everything cheap, then return the job to run as a no-argument callable."""
+def _train(args):
     from training import jobs
 
-    rule = PromotionRule(args.min_fid_gain, args.max_classes_lost) if hasattr(args, "min_fid_gain") else None
-    config = config_from_args(args) if args.command in ("train", "main") else None
-    if config:
-        jobs.preflight(config)
-    if args.command in ("train", "main", "evaluate", "register", "promote", "rollback"):
-        jobs.check_tracking_server()
-    if args.command == "evaluate":
-        check_readable(args.data)
-    if config:
-        if args.command == "train":
-            return lambda: jobs.train(config)
-        return lambda: jobs.main(config, args.samples, args.model_name, rule)
-    if args.command == "evaluate":
-        return lambda: jobs.evaluate(args.generator, args.data, args.samples, args.seed,
-                                     args.training_run_id)
-    if args.command == "register":
-        return lambda: jobs.register(args.training_run_id, args.evaluation_run_id, args.name)
-    if args.command == "promote":
-        return lambda: jobs.promote(args.name, rule, args.dry_run, args.to_registry_uri, args.to_name,
-                                    version=None if args.version is None else str(args.version))
-    if args.command == "rollback":
-        return lambda: jobs.rollback(args.name)
-    if args.command == "pipeline":
-        return _prepare_pipeline(args)
+    config = TrainConfig.from_dict(given(args, TrainConfig))
+    checks.training(config)
+    return lambda: jobs.train(config)
+
+
+def _main(args):
+    from training import jobs
+
+    config, job = TrainConfig.from_dict(given(args, TrainConfig)), _job(args)
+    checks.training(config)
+    return lambda: jobs.main(config, job)
+
+
+def _evaluate(args):
+    from training import jobs
+    from training.data import check_readable
+
+    check_readable(args.data)
+    return lambda: jobs.evaluate(args.generator, args.data, args.samples, args.seed, args.training_run_id)
+
+
+def _register(args):
+    from training import jobs
+
+    name = _job(args).model_name
+    return lambda: (name, jobs.register(args.training_run_id, args.evaluation_run_id, name))
+
+
+def _promote(args):
+    from training import jobs
+    from training.promotion import PromotionRule
+
+    job = _job(args)
+    rule = PromotionRule(job.min_fid_gain, job.max_classes_lost)
+    version = None if args.version is None else str(args.version)
+    return lambda: jobs.promote(job.model_name, rule, args.dry_run, args.to_registry_uri, args.to_name,
+                                version=version)
+
+
+def _rollback(args):
+    from training import jobs
+
+    name = _job(args).model_name
+    return lambda: (name, *jobs.rollback(name))
+
+
+def _sample(args):
+    from training import jobs
+
     if args.out.exists():
         raise ConfigError(f"out={args.out} exists; choose a new file (nothing is overwritten)")
     if args.out.suffix != ".npz":
         raise ConfigError(f"out must end in .npz (got {args.out})")
-    return lambda: jobs.sample(args.model_uri, args.count, args.seed, args.out)
+    return lambda: (args.count, jobs.sample(args.model_uri, args.count, args.seed, args.out))
 
 
-def _prepare_pipeline(args: argparse.Namespace):
-    from pipelines import runner
-    from pipelines.mnist_gan import ClusterSettings
+# ---- what a person reads ----
 
-    settings = None
-    if args.action in ("compile", "submit"):
-        selector = [pair.split("=", 1) for pair in args.gpu_node_selector]
-        if any(len(pair) != 2 or not all(pair) for pair in selector):
-            raise ConfigError("each --gpu-node-selector must be LABEL=VALUE")
-        tolerations = ClusterSettings.gpu_tolerations if args.gpu_toleration is None else args.gpu_toleration
-        settings = ClusterSettings(secret_name=args.secret, gpu_type=args.gpu_type,
-                                   gpu_count=args.gpu_count, cpu_only=args.cpu_only,
-                                   gpu_tolerations=tuple(tolerations),
-                                   gpu_node_selector=tuple(map(tuple, selector)),
-                                   checkpoint_pvc=args.checkpoint_pvc)
-    if args.action == "compile":
-        return lambda: print(f"pipeline: wrote {runner.compile_pipeline(args.output, settings)}")
-    pairs = [p.split("=", 1) for p in args.param]
-    if any(len(p) != 2 for p in pairs):
-        raise ConfigError("each -p must be KEY=VALUE")
-    arguments = runner.check_arguments(dict(pairs))
-    if args.action == "run-local":
-        hosts = [entry.split(":", 1) for entry in args.add_host]
-        if any(len(entry) != 2 or not all(entry) for entry in hosts):
-            raise ConfigError("each --add-host must be NAME:IP")
-        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, dict(hosts),
-                                        args.network)
-
-    def submit():
-        token = args.token or os.environ.get("KF_PIPELINES_TOKEN")
-        run_id, url = runner.submit(args.host, arguments, settings, args.namespace, args.experiment,
-                                    args.run_name, token, args.cookie, args.wait)
-        print(f"pipeline: submitted run {run_id}: {url}")
-
-    return submit
+def trained_line(trained) -> str:
+    return (f"train: run {trained.run_id}, {trained.result.global_step} steps, "
+            f"{trained.result.epochs_done} epoch(s)")
 
 
-def _run(command: str, run) -> int:
+def evaluated_line(evaluated) -> str:
+    from training.metrics import HEADLINE
+
+    evaluation = evaluated.evaluation
+    return f"evaluate: run {evaluated.run_id}, " + ", ".join(
+        f"{k} {evaluation.metrics[k]:.4g} (reference {evaluation.reference[k]:.4g})" for k in HEADLINE)
+
+
+def registered_line(name: str, version: str) -> str:
+    return f"register: {name} version {version} is 'challenger'"
+
+
+def promoted_lines(promoted) -> list[str]:
+    decision, would = promoted.decision, "would " if promoted.dry_run else ""
+    lines = [f"promote: copied {promoted.copied_from} to {promoted.name}/{decision.challenger}"] \
+        if promoted.copied_from else []
+    if decision.promote:
+        verdict = f"{would}promote {promoted.name} version {decision.challenger} to champion"
+    else:
+        verdict = f"{would}keep the champion (version {decision.champion}), refuse {decision.challenger}"
+    return [*lines, f"promote{' (dry run)' if promoted.dry_run else ''}: {verdict}: {decision.reason}"]
+
+
+def _main_lines(done) -> list[str]:
+    return [trained_line(done.trained), evaluated_line(done.evaluated),
+            registered_line(done.promoted.name, done.version), *promoted_lines(done.promoted),
+            f"main: run {done.run_id} done"]
+
+
+def _rollback_lines(done) -> list[str]:
+    name, demoted, restored = done
+    return [f"rollback: {name} champion moved from version {demoted} back to {restored}"]
+
+
+def _sample_lines(done) -> list[str]:
+    count, out = done
+    return [f"sample: {count} images -> {out} and {out.with_suffix('.png')}"]
+
+
+def _model_name_flag(parser):
+    _job_flags(parser, ("model_name",))
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a GAN, tracked in MLflow", _train_flags, _train, lambda t: [trained_line(t)]),
+    "main": Command("train, evaluate, register, promote", _main_flags, _main, _main_lines),
+    "evaluate": Command("score a generator's samples against MNIST's test split", _evaluate_flags, _evaluate,
+                        lambda e: [evaluated_line(e)]),
+    "register": Command("register a trained generator as 'challenger'", _register_flags, _register,
+                        lambda done: [registered_line(*done)]),
+    "promote": Command("make the challenger champion if it is better", _promote_flags, _promote,
+                       promoted_lines),
+    "rollback": Command("point 'champion' back at the previous champion", _model_name_flag, _rollback,
+                        _rollback_lines),
+    "sample": Command("write N generated digits to .npz and a PNG grid", _sample_flags, _sample,
+                      _sample_lines, tracked=False),
+}
+
+
+def commands() -> dict[str, Command]:
+    """COMMANDS and those other installed packages add (entry point group `mnist_gan.commands`)."""
+    extra = {entry.name: entry.load() for entry in metadata.entry_points(group="mnist_gan.commands")}
+    return {**COMMANDS, **extra}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, command in commands().items():
+        command.add_arguments(subparsers.add_parser(name, help=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    table = commands()
+    args = build_parser().parse_args(argv)
+    command = table[args.command]
+    try:
+        run = command.prepare(args)
+        if command.tracked:
+            checks.tracking_server()
+    except (ConfigError, ValueError) as err:
+        print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(args.command, run, command.report)
+
+
+def _run(name: str, run, report) -> int:
     from mlflow.exceptions import MlflowException
 
     from training.checkpoint import CheckpointError
@@ -280,16 +301,18 @@ def _run(command: str, run) -> int:
     from training.registry import RegistryError
 
     try:
-        run()
+        result = run()
     except Preempted as err:  # before the RuntimeError it derives from
-        print(f"mnist-gan {command}: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
-        print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (NonFiniteLoss, RegistryError, MlflowException, RuntimeError, OSError) as err:
-        print(f"mnist-gan {command}: error: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    for line in report(result):
+        print(line)
     return 0
 
 

@@ -1,7 +1,10 @@
-"""The training configuration: every default lives here, once.
+"""Every parameter of every job, with its default, its range and its help, declared once.
 
-The CLI flags, the MLproject parameters and (later) the KFP component inputs are derived from or
-tested against `TrainConfig`. Validation happens before any expensive import or data load.
+`TrainConfig` holds training's hyperparameters, `JobConfig` the rest of what a job is asked (how many
+samples to evaluate, which registered model, the promotion rule). The CLI flags, the MLproject
+parameters, the component inputs and the pipeline parameters are derived from these two classes or
+tested against them; text becomes a value through `parse` and a value is judged by `check`, and
+nothing else in the project converts or bounds a parameter. Validation runs before any heavy import.
 """
 
 from __future__ import annotations
@@ -13,17 +16,12 @@ from typing import Any
 
 PRESETS = ("seed", "small", "tiny")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
-BACKENDS = ("tensorflow", "jax")
 MNIST_TRAIN_IMAGES = 60_000
 DEFAULT_DATA_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
-DEFAULT_EVAL_SAMPLES = 10_000  # every compared model is evaluated on this many samples
-DEFAULT_MODEL_NAME = "mnist-gan-generator"
 MAX_SAMPLES = 1_000_000
-# Bounds of the job parameters that are not training's, for every caller (CLI, MLproject, pipeline):
-# name -> (lowest, highest or None for no upper bound).
-JOB_LIMITS = {"samples": (10, MAX_SAMPLES), "min_fid_gain": (0.0, None), "max_classes_lost": (0, 10),
-              "min_classes_covered": (0, 10)}
-
+SEED_MAX = 2**31 - 1  # every seed a user gives (training, evaluation, sampling, serving)
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 # Parameters that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir"}
@@ -33,12 +31,65 @@ class ConfigError(ValueError):
     """A parameter has a value outside its allowed range; the message names both."""
 
 
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its name, type ("int", "float", "str" or "bool"), default, help and bounds
+    (min/max inclusive, gt/lt exclusive, ge/le inclusive for floats, or choices)."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    bounds: dict = field(default_factory=dict)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
 def _param(default: Any, help: str, **bounds: Any) -> Any:
     return field(default=default, metadata={"help": help, **bounds})
 
 
+class _Parameters:
+    """What TrainConfig and JobConfig share: checked on construction, unknown keys refused."""
+
+    def __post_init__(self) -> None:
+        for param in params(type(self)):
+            check(param, getattr(self, param.name))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Build from a mapping of typed values, rejecting keys that are not parameters."""
+        unknown = sorted(set(values) - set(names(cls)))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_text(cls, values: dict[str, str]):
+        """Build from a mapping of texts (flags, pipeline arguments), parsing each by its type."""
+        by_name = {p.name: p for p in params(cls)}
+        unknown = sorted(set(values) - set(by_name))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
+        return cls(**{name: parse(by_name[name], raw) for name, raw in values.items()})
+
+    @classmethod
+    def pick(cls, values: dict[str, Any]):
+        """Build from those entries of `values` that are parameters of this class (a component's or a
+        pipeline's arguments), ignoring the others."""
+        return cls.from_dict({name: values[name] for name in names(cls) if name in values})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Parameters):
     # model and data
     preset: str = _param("seed", "model size: seed (the post's G and D), small, tiny", choices=PRESETS)
     data: str = _param(DEFAULT_DATA_URL, "mnist.npz source: https URL, local path or s3:// URI")
@@ -57,7 +108,7 @@ class TrainConfig:
                                le=1.0)
     fake_label: float = _param(0.0, "D's target for generated images", ge=0.0, le=1.0)
     # run control
-    seed: int = _param(0, "random seed (weights, shuffling, z, dropout)", min=0, max=2**31 - 1)
+    seed: int = _param(0, "random seed (weights, shuffling, z, dropout)", min=0, max=SEED_MAX)
     max_steps: int = _param(0, "stop after this many training steps (0 = no limit)", min=0)
     precision: str = _param("auto", "auto = mixed_bfloat16 on a GPU, float32 on a CPU",
                             choices=PRECISIONS)
@@ -66,25 +117,10 @@ class TrainConfig:
     resume: bool = _param(False, "continue the run whose checkpoint under checkpoint_dir is newest")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check(f, getattr(self, f.name))
+        super().__post_init__()
         if self.train_images and self.batch_size > self.train_images:
             raise ConfigError(
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build a config from a mapping, rejecting keys that are not parameters."""
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
 
     def resume_conflicts(self, checkpointed: dict[str, Any]) -> list[str]:
         """The parameters that differ from a checkpoint's config and may not change on resume."""
@@ -92,41 +128,75 @@ class TrainConfig:
         return sorted(changed - RESUMABLE_CHANGES)
 
 
-def _check(f: dataclasses.Field, value: Any) -> None:
-    name, meta = f.name, f.metadata
-    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
-    if isinstance(value, bool) and f.type != "bool" or not isinstance(value, expected):
-        raise ConfigError(f"{name} must be of type {f.type} (got {value!r})")
-    if f.type == "float" and math.isnan(value):
+@dataclass(frozen=True)
+class JobConfig(_Parameters):
+    samples: int = _param(10_000, "generated images to evaluate (the same N for every compared model)",
+                          min=10, max=MAX_SAMPLES)
+    model_name: str = _param("mnist-gan-generator", "registered model name")
+    min_fid_gain: float = _param(0.0, "promote only when FID drops by more than this", ge=0.0)
+    max_classes_lost: int = _param(0, "classes covered the challenger may lose against the champion",
+                                   min=0, max=10)
+    min_classes_covered: int = _param(10, "classes a generator must cover to be promoted at all",
+                                      min=0, max=10)
+
+
+def params(cls) -> list[Param]:
+    """The parameters of TrainConfig or JobConfig, in declaration order."""
+    return [Param(f.name, f.type, f.default, f.metadata["help"],
+                  {k: v for k, v in f.metadata.items() if k != "help"}) for f in dataclasses.fields(cls)]
+
+
+def names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def param(cls, name: str) -> Param:
+    """One parameter of a config class, e.g. param(TrainConfig, "seed")."""
+    return next(p for p in params(cls) if p.name == name)
+
+
+def parse(param: Param, raw: Any) -> Any:
+    """Text -> the parameter's type (a value already of that type passes). The one place where
+    "true"/"yes"/"1" become True; anything else not in TRUE or FALSE is refused, naming the parameter."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if param.type == "bool":
+            if raw.strip().lower() not in TRUE + FALSE:
+                raise ValueError
+            return raw.strip().lower() in TRUE
+        return {"int": int, "float": float, "str": str}[param.type](raw)
+    except ValueError:
+        raise ConfigError(f"{param.name} must be {KINDS[param.type]} (got {raw!r})") from None
+
+
+def check(param: Param, value: Any) -> None:
+    """Raise ConfigError unless `value` has the parameter's type and lies within its bounds."""
+    name, bounds = param.name, param.bounds
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[param.type]
+    if isinstance(value, bool) and param.type != "bool" or not isinstance(value, expected):
+        raise ConfigError(f"{name} must be of type {param.type} (got {value!r})")
+    if param.type == "float" and math.isnan(value):
         raise ConfigError(f"{name} must be a number (got NaN)")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])} (got {value!r})")
-    if f.type == "str" and not value:
+    if "choices" in bounds and value not in bounds["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(bounds['choices'])} (got {value!r})")
+    if param.type == "str" and not value:
         raise ConfigError(f"{name} must not be empty")
-    lo, hi = meta.get("min", meta.get("ge", meta.get("gt"))), meta.get("max", meta.get("le", meta.get("lt")))
-    too_low = ("gt" in meta and value <= meta["gt"]) or (lo is not None and "gt" not in meta and value < lo)
-    too_high = ("lt" in meta and value >= meta["lt"]) or (hi is not None and "lt" not in meta and value > hi)
+    low = bounds.get("min", bounds.get("ge"))
+    high = bounds.get("max", bounds.get("le"))
+    too_low = ("gt" in bounds and value <= bounds["gt"]) or (low is not None and value < low)
+    too_high = ("lt" in bounds and value >= bounds["lt"]) or (high is not None and value > high)
     if too_low or too_high:
-        raise ConfigError(f"{name} must be in {_describe_range(meta)} (got {value!r})")
+        raise ConfigError(f"{name} must be in {_describe_range(bounds)} (got {value!r})")
 
 
-def _describe_range(meta: dict[str, Any]) -> str:
-    left = f"({meta['gt']}" if "gt" in meta else f"[{meta.get('min', meta.get('ge', '-inf'))}"
-    right = f"{meta['lt']})" if "lt" in meta else f"{meta.get('max', meta.get('le', 'inf'))}]"
+def parse_and_check(param: Param, raw: Any) -> Any:
+    value = parse(param, raw)
+    check(param, value)
+    return value
+
+
+def _describe_range(bounds: dict[str, Any]) -> str:
+    left = f"({bounds['gt']}" if "gt" in bounds else f"[{bounds.get('min', bounds.get('ge', '-inf'))}"
+    right = f"{bounds['lt']})" if "lt" in bounds else f"{bounds.get('max', bounds.get('le', 'inf'))}]"
     return f"{left}, {right}"
-
-
-def check_range(name: str, value: float, low: float, high: float | None) -> None:
-    """Raise ConfigError unless `value` is a number in [low, high] (high None: no upper bound)."""
-    if math.isnan(value) or value < low or (high is not None and value > high):
-        raise ConfigError(f"{name} must be in [{low}, {'inf' if high is None else high}] (got {value!r})")
-
-
-def check_limit(name: str, value: float) -> None:
-    """Raise ConfigError unless `value` is within JOB_LIMITS[name]."""
-    check_range(name, value, *JOB_LIMITS[name])
-
-
-def parameter_fields() -> list[dataclasses.Field]:
-    """The parameters in declaration order, for deriving CLI flags and MLproject parameters."""
-    return list(dataclasses.fields(TrainConfig))

@@ -1,11 +1,14 @@
-"""MNIST from a public URL, a local .npz or an s3:// URI, validated before anything trains on it.
+"""MNIST from a public URL, a local .npz or an s3:// URI, validated before anything trains on it; its
+pixels in the generator's range, and the order in which an epoch visits them.
 
 The file is read with `allow_pickle=False`: nothing inside a data file is ever executed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -42,8 +45,10 @@ class Mnist:
     path: Path  # the verified local file (the source itself, or its cached download)
 
 
+@functools.lru_cache(maxsize=2)
 def load_mnist(source: str) -> Mnist:
-    """Fetch (if remote), checksum and validate `source`; raise DataError naming it on any problem."""
+    """Fetch (if remote), checksum and validate `source`; raise DataError naming it on any problem.
+    Once per process and source: the jobs of one command share what the first one loaded."""
     path = _local_copy(source)
     digest = file_sha256(path)
     expected = KNOWN_SHA256.get(source)
@@ -151,3 +156,25 @@ def _download_s3(bucket: str, key: str, target: Path) -> None:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         where = f" at {endpoint}" if endpoint else ""
         raise DataError(f"s3://{bucket}/{key}{where}: download failed ({err})") from None
+
+
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 in [0, 255] -> (N, 28, 28, 1) float32 in [-1, 1], as (x - 127.5) / 127.5."""
+    return ((images.astype(np.float32) - 127.5) / 127.5)[..., np.newaxis]
+
+
+def steps_per_epoch(num_images: int, batch_size: int, n_iter_d: int) -> int:
+    """Training steps for one pass of every image through D (each step takes n_iter_d batches)."""
+    return math.ceil(num_images / (batch_size * n_iter_d))
+
+
+def epoch_batches(num_images: int, batch_size: int, n_iter_d: int, seed: int, epoch: int) -> np.ndarray:
+    """Row indices for every step of one epoch: (steps, n_iter_d, batch_size) int32.
+
+    A fresh permutation per (seed, epoch), so a resumed run visits the same batches; the last step is
+    filled by wrapping around the permutation, so every batch has the same shape (one compilation).
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_images)
+    steps = steps_per_epoch(num_images, batch_size, n_iter_d)
+    return np.resize(order, steps * n_iter_d * batch_size).astype(np.int32).reshape(
+        steps, n_iter_d, batch_size)

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from training import images, metrics, preprocess
-from training.config import DEFAULT_EVAL_SAMPLES
-from training.data import CACHE_DIR, Mnist
-from training.evaluator import Evaluator
-from training.sampling import generate
+from training import metrics, plots
+from training.classifier import MnistClassifier
+from training.data import CACHE_DIR, Mnist, to_unit_range
+from training.sampling import latents, render
 
 
 @dataclass
@@ -30,9 +29,9 @@ class Evaluation:
     sample_probabilities: np.ndarray = field(repr=False)  # (N, 10)
 
 
-def score(evaluator: Evaluator, fake: np.ndarray, real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
+def score(classifier: MnistClassifier, fake: np.ndarray, real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
     """Metrics of (N, 28, 28, 1) images in [-1, 1] against the real test features."""
-    features, probabilities = evaluator.features_and_probabilities(fake)
+    features, probabilities = classifier.features_and_probabilities(fake)
     kid, kid_stderr = metrics.kernel_inception_distance(real_features, features)
     precision, recall = metrics.precision_recall(real_features, features, k=3)
     coverage = metrics.class_coverage(probabilities)
@@ -47,31 +46,31 @@ def score(evaluator: Evaluator, fake: np.ndarray, real_features: np.ndarray) -> 
     return values, coverage["histogram"], probabilities
 
 
-def evaluate(generator: keras.Model, mnist: Mnist, evaluator: Evaluator, n: int = DEFAULT_EVAL_SAMPLES,
+def evaluate(generator: keras.Model, mnist: Mnist, classifier: MnistClassifier, n: int,
              seed: int = 0) -> Evaluation:
     """Score n samples of `generator`, and n real training images as the reference, against the test split."""
     if n < 10:
         raise ValueError(f"n must be >= 10 samples (got {n})")
-    real_features, reference, reference_histogram = real_reference(evaluator, mnist, n, seed)
-    fake = generate(generator, n, seed)
-    values, histogram, probabilities = score(evaluator, fake, real_features)
-    return Evaluation(values, reference, histogram, reference_histogram, images.to_uint8(fake),
+    real_features, reference, reference_histogram = real_reference(classifier, mnist, n, seed)
+    fake = render(generator, latents(n, generator.input_shape[-1], seed))
+    values, histogram, probabilities = score(classifier, fake, real_features)
+    return Evaluation(values, reference, histogram, reference_histogram, plots.to_uint8(fake),
                       probabilities)
 
 
-def real_reference(evaluator: Evaluator, mnist: Mnist, n: int, seed: int) -> tuple[np.ndarray, dict, list[int]]:
+def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int, seed: int) -> tuple[np.ndarray, dict, list[int]]:
     """The test split's features (10,000 x 128) and the scores of n real training images against them.
 
-    They depend only on the evaluator's weights, the data, n and seed, so they are computed once and
+    They depend only on the classifier's weights, the data, n and seed, so they are computed once and
     kept in the cache (about half of an evaluation's time)."""
-    path = CACHE_DIR / "reference" / f"{evaluator.fingerprint[:16]}-{mnist.sha256[:16]}-n{n}-seed{seed}.npz"
+    path = CACHE_DIR / "reference" / f"{classifier.fingerprint[:16]}-{mnist.sha256[:16]}-n{n}-seed{seed}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             return (cached["real_features"], json.loads(str(cached["reference"])),
                     cached["histogram"].tolist())
-    real_features, _ = evaluator.features_and_probabilities(preprocess.to_unit_range(mnist.x_test))
+    real_features, _ = classifier.features_and_probabilities(to_unit_range(mnist.x_test))
     picks = np.random.default_rng([seed, 1]).choice(len(mnist.x_train), n, replace=n > len(mnist.x_train))
-    reference, histogram, _ = score(evaluator, preprocess.to_unit_range(mnist.x_train[picks]), real_features)
+    reference, histogram, _ = score(classifier, to_unit_range(mnist.x_train[picks]), real_features)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
     np.savez(partial, real_features=real_features, reference=json.dumps(reference), histogram=histogram)

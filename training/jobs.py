@@ -1,114 +1,99 @@
-"""The jobs a user, the MLproject or a pipeline component runs: each one step, tracked in MLflow.
+"""The jobs: each does one step of the project's work, tracked in MLflow, and returns what it made.
 
-    train      -> a run with params, metrics, grids and the generator/discriminator
-    evaluate   -> a run with the sample metrics, the real-data reference and a report
-    register   -> a registry version aliased `challenger`, tagged with its lineage and evaluation
+    train      -> a run with params, metrics, grids, the Keras models and the generator as a LoggedModel
+    evaluate   -> a run with the sample metrics (also on the generator's LoggedModel), the real-data
+                  reference and a report
+    register   -> a registry version of the trained LoggedModel, aliased `challenger`, with its evaluation
     promote    -> `champion` moved to the challenger only if the rule says so
-    main       -> all of the above as nested runs under one parent (the MLproject main entry point)
+    rollback   -> `champion` back at the version it replaced
+    sample     -> generated digits as .npz and a PNG grid
+    main       -> train, evaluate, register and promote as nested runs under one parent run
 
-The CLI and the MLproject call these; so will the Kubeflow components.
+and, for the Kubeflow pipeline, `prepare_data`, `open_run`, `train_classifier` and `passes_gate`.
+The CLI (and through it the MLproject) and the components each call one job; printing is theirs. Every
+job takes its parent MLflow run by id (`parent_run_id`) and optional local output paths, so that a
+pipeline task gets its files without downloading what it has just logged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from training import checkpoint
-from training.config import ConfigError, TrainConfig
-from training.data import check_readable
-
-
-def preflight(config: TrainConfig) -> None:
-    """Cheap checks before any heavy import: readable data, and a checkpoint when resuming."""
-    check_readable(config.data)
-    if not config.resume:
-        return
-    run_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir))
-    if run_dir is None:
-        raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
-    try:
-        previous = checkpoint.latest_manifest(run_dir)["config"]
-    except (ValueError, KeyError):
-        return  # an unreadable newest manifest: the loop falls back to an intact one and checks that
-    refused = config.resume_conflicts(previous)
-    if refused:
-        raise ConfigError(f"cannot resume from {run_dir}: it was trained with different {', '.join(refused)}")
+from training import checkpoint, checks
+from training.config import ConfigError, JobConfig, TrainConfig
 
 
-def check_tracking_server(timeout_s: float = 5.0) -> None:
-    """Fail fast, naming the URI (without credentials), when an http(s) tracking server does not
-    answer; MLflow itself would retry for minutes. Any HTTP answer, even 401, counts as up."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
+@dataclass(frozen=True)
+class Trained:
+    run_id: str
+    model_id: str  # the generator's LoggedModel
+    result: Any  # loop.TrainResult
+    resumed: bool  # continued a checkpoint (a resume, or a retried pipeline task)
+    link: str  # where a person opens the run
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    shown = parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ConfigError(f"MLflow tracking server {shown} is unreachable ({reason}); start it or set "
-                          "MLFLOW_TRACKING_URI") from None
+    def last_metrics(self) -> dict[str, float]:
+        return {name: values[-1][1] for name, values in self.result.history.items()}
 
 
-def check_artifact_store() -> None:
-    """Fail fast when the experiment's artifacts go to an S3 bucket this process cannot reach, naming
-    the endpoint and the bucket, never a credential (MLflow would fail only when logging, after training)."""
-    import urllib.parse
+@dataclass(frozen=True)
+class Evaluated:
+    run_id: str
+    evaluation: Any  # evaluation.Evaluation
+    link: str
 
-    import boto3
-    import botocore.exceptions
+
+@dataclass(frozen=True)
+class Promoted:
+    name: str
+    decision: Any  # promotion.Decision
+    dry_run: bool
+    copied_from: str | None = None  # "<name>/<version>" when carried over from another registry
+
+
+@dataclass(frozen=True)
+class MainResult:
+    run_id: str
+    trained: Trained
+    evaluated: Evaluated
+    version: str
+    promoted: Promoted
+
+
+def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root: str | None = None,
+          generator_out: str | None = None) -> Trained:
+    """Train inside an MLflow run (re-opened when resuming). A pipeline task gives `checkpoint_root`,
+    storage that outlives its pod, and finds its own checkpoint there when retried
+    (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the generator file."""
+    if checkpoint_root is not None:
+        own_dir, resume = checkpoint.pipeline_run_dir(Path(checkpoint_root) / config.checkpoint_dir,
+                                                      parent_run_id or "local", config.resume)
+        config = config.replace(checkpoint_dir=str(own_dir), resume=resume)
+    checks.training(config)
     import mlflow
 
-    from training import tracking
+    from training import loop, registry, tracking
+    from training.data import load_mnist, to_unit_range
 
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    experiment = mlflow.get_experiment(experiment_id) if experiment_id else mlflow.set_experiment(tracking.EXPERIMENT)
-    location = urllib.parse.urlparse(experiment.artifact_location)
-    if location.scheme != "s3":
-        return
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    where = f"S3 artifact store {endpoint or 'AWS S3'}, bucket {location.netloc}"
-    try:
-        boto3.client("s3", endpoint_url=endpoint).head_bucket(Bucket=location.netloc)
-    except botocore.exceptions.ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "error")
-        raise ConfigError(f"{where}: access refused ({code}); check AWS_ACCESS_KEY_ID, "
-                          "AWS_SECRET_ACCESS_KEY and that the bucket exists") from None
-    except botocore.exceptions.BotoCoreError as err:
-        raise ConfigError(f"{where}: unreachable ({type(err).__name__})") from None
-
-
-def train(config: TrainConfig, mnist=None, nested: bool = False):
-    """Train inside an MLflow run (re-opened when resuming); returns (run id, TrainResult)."""
-    preflight(config)
-    from training import loop, preprocess, tracking
-    from training.data import load_mnist
-
-    mnist = mnist or load_mnist(config.data)
+    mnist = load_mnist(config.data)
     num_images = config.train_images or len(mnist.x_train)
     if num_images > len(mnist.x_train):
         raise ConfigError(f"train_images must be in 0..{len(mnist.x_train)} (got {num_images})")
     if config.batch_size > num_images:
         raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
-    train_images = preprocess.to_unit_range(mnist.x_train[:num_images])
-    check_artifact_store()
+    train_images = to_unit_range(mnist.x_train[:num_images])
+    checks.artifact_store()
 
     resume_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir)) if config.resume else None
     manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
-    attached = os.environ.get("MLFLOW_RUN_ID") and not nested
+    attached = os.environ.get("MLFLOW_RUN_ID") and not parent_run_id  # inside `mlflow run`
     resume_run_id = None if attached else manifest.get("run_id")
-    with tracking.start_run(resume_run_id, nested=nested, name="train") as run:
+    with tracking.start_run("train", parent_run_id, run_id=resume_run_id) as run:
         continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
         tracking.log_start(config, mnist, num_images, resumed=continuing)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
@@ -118,52 +103,67 @@ def train(config: TrainConfig, mnist=None, nested: bool = False):
         finally:
             tracker.outbox.send()  # best effort on the way out; the journal keeps the rest for --resume
         tracker.close()
-        tracking.log_final(result)
-    print(f"train: run {run.info.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s)")
-    return run.info.run_id, result
+        with tempfile.TemporaryDirectory() as tmp:
+            generator_file = tracking.log_final(result, Path(tmp))
+            model_id = registry.log_generator(generator_file)
+            trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), tracking.run_link(run.info.run_id))
+            mlflow.log_metrics({f"final_{k}": v for k, v in trained.last_metrics().items()},
+                               model_id=model_id, dataset=tracking.training_dataset(mnist, num_images))
+            if generator_out:
+                _copy(generator_file, Path(generator_out) / "generator.keras")
+    return trained
 
 
-def evaluate(generator_uri: str, data: str, samples: int, seed: int = 0,
-             training_run_id: str | None = None, mnist=None, nested: bool = False, judge=None):
-    """Score `samples` images of the generator against the test split; returns (run id, Evaluation).
-    `judge` is the evaluator to use; by default the cached one for this data."""
+def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_run_id: str | None = None,
+             parent_run_id: str | None = None, classifier_dir: str | None = None,
+             report_html: str | None = None, report_md: str | None = None) -> Evaluated:
+    """Score `samples` images of the generator (any URI sampling.generator_path takes) against the
+    test split. The classifier comes from `classifier_dir` (a pipeline artifact) or the local cache.
+    With `training_run_id`, the metrics also go onto that run's generator LoggedModel."""
     import mlflow
 
-    from training import evaluation, evaluator, metrics, report, tracking
+    from training import classifier as mnist_classifier
+    from training import evaluation, registry, report, tracking
     from training.data import load_mnist
     from training.sampling import load_generator
 
-    mnist = mnist or load_mnist(data)
-    generator = load_generator(generator_uri)
-    check_artifact_store()
-    judge = judge or evaluator.load_or_train(mnist)
+    mnist = load_mnist(data)
+    model = load_generator(generator)
+    checks.artifact_store()
+    classifier = (mnist_classifier.load(Path(classifier_dir)) if classifier_dir
+                  else mnist_classifier.load_or_train(mnist))
     started = time.perf_counter()
-    result = evaluation.evaluate(generator, mnist, judge, n=samples, seed=seed)
+    result = evaluation.evaluate(model, mnist, classifier, n=samples, seed=seed)
     evaluation_seconds = time.perf_counter() - started
-    with tracking.start_run(nested=nested, name="evaluate") as run:
-        mlflow.log_params({"generator_uri": generator_uri, "samples": samples, "seed": seed,
-                           "evaluator": judge.key, "evaluator_test_accuracy": judge.test_accuracy,
+    model_id = training_run_id and registry.logged_model_id(mlflow.MlflowClient(), training_run_id)
+    with tracking.start_run("evaluate", parent_run_id) as run:
+        mlflow.log_params({"generator_uri": generator, "samples": samples, "seed": seed,
+                           "evaluator": classifier.key, "evaluator_test_accuracy": classifier.test_accuracy,
                            "data_sha256": mnist.sha256})
-        mlflow.log_metrics({**result.metrics, "evaluation_seconds": evaluation_seconds})
-        mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()})
+        test_split = tracking.evaluation_dataset(mnist)
+        mlflow.log_input(test_split, context="evaluation")
+        mlflow.log_metrics(result.metrics, model_id=model_id or None, dataset=test_split)
+        mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()}
+                           | {"evaluation_seconds": evaluation_seconds})
         if training_run_id:
             mlflow.set_tag("training_run_id", training_run_id)
             mlflow.MlflowClient().set_tag(training_run_id, "evaluation_run_id", run.info.run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            title = f"Evaluation of {generator_uri} on {samples} samples"
+            title = f"Evaluation of {generator} on {samples} samples"
             for path in report.write_report(result, mnist.x_train, Path(tmp), title):
                 mlflow.log_artifact(str(path), artifact_path="report")
-    print(f"evaluate: run {run.info.run_id}, " + ", ".join(
-        f"{k} {result.metrics[k]:.4g} (reference {result.reference[k]:.4g})" for k in metrics.HEADLINE))
-    return run.info.run_id, result
+            for out, name in ((report_html, "report.html"), (report_md, "report.md")):
+                if out:
+                    _copy(Path(tmp) / name, Path(out))
+    return Evaluated(run.info.run_id, result, tracking.run_link(run.info.run_id))
 
 
-def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bool = False) -> str:
-    """Register the training run's generator with the evaluation run's metrics; returns the version."""
+def register(training_run_id: str, evaluation_run_id: str, name: str, parent_run_id: str | None = None) -> str:
+    """Register the generator the training run logged, with the evaluation run's metrics, as the
+    model's `challenger`; returns the version."""
     import mlflow
 
     from training import registry, tracking
-    from training.sampling import generator_path
 
     client = mlflow.MlflowClient()
     evaluation_run = client.get_run(evaluation_run_id).data
@@ -173,94 +173,147 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, nested: bo
     missing = [m for m in registry.EVALUATION_KEYS if m not in evaluated]
     if missing:
         raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
+    model_id = registry.logged_model_id(client, training_run_id)
+    if model_id is None:
+        raise registry.RegistryError(f"run {training_run_id} logged no generator model (is it a training run?)")
     trained = client.get_run(training_run_id).data.params
     tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.get("data_sha256", ""),
             "preset": trained.get("preset", "")}
-    check_artifact_store()
-    with tracking.start_run(nested=nested, name="register"):
-        version = registry.register_generator(
-            generator_path(f"runs:/{training_run_id}"), name, training_run_id,
-            {m: evaluated[m] for m in registry.EVALUATION_KEYS}, tags)
+    checks.artifact_store()
+    with tracking.start_run("register", parent_run_id):
+        version = registry.register(model_id, name, tags, {m: evaluated[m] for m in registry.EVALUATION_KEYS})
         mlflow.set_tags({"registered_model": name, "registered_version": version})
-    print(f"register: {name} version {version} is '{registry.CHALLENGER}'")
     return version
 
 
 def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = None,
-            target_name: str | None = None, nested: bool = False, version: str | None = None):
-    """Gate `version` (default: the challenger) against the champion (in the target registry when one
-    is given)."""
+            target_name: str | None = None, parent_run_id: str | None = None, version: str | None = None,
+            generator_file: str | None = None) -> Promoted:
+    """Gate `version` (default: the challenger) against the champion, in the target registry when one
+    is given. `generator_file`: the registered file itself (a pipeline artifact), checked in place."""
+    import contextlib
+
     import mlflow
 
-    from training import registry, tracking
+    from training import promotion, registry, tracking
 
-    client = mlflow.MlflowClient()
+    client, copied_from = mlflow.MlflowClient(), None
     if target_uri:
-        source = version or client.get_model_version_by_alias(name, registry.CHALLENGER).version
-        copied = registry.copy_to_registry(name, str(source), target_uri, target_name)
-        print(f"promote: copied {name}/{source} to {target_uri} as {target_name or name}/{copied}")
-        name, version = target_name or name, copied
+        source = version or registry.alias_version(client, name, registry.CHALLENGER)
+        if source is None:
+            raise registry.RegistryError(f"{name} has no '{registry.CHALLENGER}' version to copy")
+        version = registry.copy_to_registry(name, str(source), target_uri, target_name)
+        copied_from, name = f"{name}/{source}", target_name or name
         client = mlflow.MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
-    context = contextlib.nullcontext() if dry_run or not nested else tracking.start_run(nested=True, name="promote")
-    with context:
-        decision = registry.promote(name, rule, dry_run=dry_run, client=client, version=version)
-        if nested and not dry_run:
+        generator_file = None  # the copy is what gets promoted: verify its files
+    tracked = parent_run_id and not dry_run
+    with tracking.start_run("promote", parent_run_id) if tracked else contextlib.nullcontext():
+        decision = promotion.promote(name, rule, dry_run=dry_run, client=client, version=version,
+                                     generator_file=Path(generator_file) if generator_file else None)
+        if tracked:
             mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
                              "challenger_version": decision.challenger})
-    would = "would " if dry_run else ""
-    if decision.promote:
-        verdict = f"{would}promote {name} version {decision.challenger} to champion"
-    else:
-        verdict = f"{would}keep the champion (version {decision.champion}), refuse {decision.challenger}"
-    print(f"promote{' (dry run)' if dry_run else ''}: {verdict}: {decision.reason}")
-    return decision
-
-
-def main(config: TrainConfig, samples: int, model_name: str, rule) -> None:
-    """prepare data -> train -> evaluate -> register -> promote, nested under one parent run."""
-    preflight(config)
-    import mlflow
-
-    from training import tracking
-    from training.data import load_mnist
-
-    check_artifact_store()
-    with tracking.start_run(name="main") as parent:
-        with tracking.start_run(nested=True, name="prepare-data"):
-            mnist = load_mnist(config.data)
-            tracking.log_dataset(mnist, config.train_images or len(mnist.x_train))
-        training_run_id, _ = train(config, mnist=mnist, nested=True)
-        evaluation_run_id, result = evaluate(f"runs:/{training_run_id}", config.data, samples,
-                                             training_run_id=training_run_id, mnist=mnist, nested=True)
-        version = register(training_run_id, evaluation_run_id, model_name, nested=True)
-        decision = promote(model_name, rule, nested=True, version=version)
-        mlflow.set_tags({"training_run_id": training_run_id, "evaluation_run_id": evaluation_run_id,
-                         "registered_model": model_name, "registered_version": version,
-                         "promoted": str(decision.promote).lower()})
-        mlflow.log_metrics(result.metrics)
-    print(f"main: run {parent.info.run_id} done")
+    return Promoted(name, decision, dry_run, copied_from)
 
 
 def rollback(name: str) -> tuple[str, str]:
-    from training import registry
+    """Point `champion` back at the version it replaced; returns (from version, to version)."""
+    from training import promotion
 
-    demoted, restored = registry.rollback(name)
-    print(f"rollback: {name} champion moved from version {demoted} back to {restored}")
-    return demoted, restored
+    return promotion.rollback(name)
 
 
 def sample(model_uri: str, n: int, seed: int, out: Path) -> Path:
     """Write n digits as uint8 (n, 28, 28) under key `images` in `out` (.npz), and a PNG grid beside it."""
     import numpy as np
 
-    from training import images
+    from training import plots
     from training.sampling import generate, load_generator
 
-    digits = images.to_uint8(generate(load_generator(model_uri), n, seed))
+    digits = plots.to_uint8(generate(load_generator(model_uri), n, seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.npz")
     np.savez_compressed(partial, images=digits)
     partial.replace(out)
-    images.grid(digits[:64], caption=f"{model_uri}, seed {seed}").save(out.with_suffix(".png"))
-    print(f"sample: {n} images -> {out} and {out.with_suffix('.png')}")
+    plots.grid(digits[:64], caption=f"{model_uri}, seed {seed}").save(out.with_suffix(".png"))
     return out
+
+
+def main(config: TrainConfig, job: JobConfig) -> MainResult:
+    """train -> evaluate -> register -> promote, nested under one parent run (the MLproject's main)."""
+    checks.training(config)
+    import mlflow
+
+    from training import tracking
+    from training.data import load_mnist
+    from training.promotion import PromotionRule
+
+    checks.artifact_store()
+    with tracking.start_run("main") as parent:
+        parent_id = parent.info.run_id
+        with tracking.start_run("prepare-data", parent_id):
+            mnist = load_mnist(config.data)
+            tracking.log_dataset(mnist, config.train_images or len(mnist.x_train))
+        trained = train(config, parent_run_id=parent_id)
+        evaluated = evaluate(f"runs:/{trained.run_id}", config.data, job.samples,
+                             training_run_id=trained.run_id, parent_run_id=parent_id)
+        version = register(trained.run_id, evaluated.run_id, job.model_name, parent_run_id=parent_id)
+        promoted = promote(job.model_name, PromotionRule(job.min_fid_gain, job.max_classes_lost),
+                           parent_run_id=parent_id, version=version)
+        mlflow.set_tags({"training_run_id": trained.run_id, "evaluation_run_id": evaluated.run_id,
+                         "registered_model": job.model_name, "registered_version": version,
+                         "promoted": str(promoted.decision.promote).lower()})
+        mlflow.log_metrics(evaluated.evaluation.metrics)
+    return MainResult(parent_id, trained, evaluated, version, promoted)
+
+
+# The pipeline's own steps: the dataset as an artifact, the parent run, the classifier, the gate.
+
+def prepare_data(data: str, dataset_out: str) -> None:
+    """Validate MNIST and write the verified bytes as the pipeline's dataset artifact: the same source
+    gives the same artifact (so Kubeflow caches this task and the classifier trained on it) and the same
+    sha256 as `mlflow run`'s lineage tags."""
+    from training.data import load_mnist
+
+    _copy(load_mnist(data).path, Path(dataset_out))
+
+
+def open_run(data: str, dataset: str, pipeline_run: str) -> str:
+    """Open the parent MLflow run of a pipeline run (or adopt an injected MLFLOW_RUN_ID), with the
+    dataset logged by a nested `prepare-data` run; returns the parent run id."""
+    import mlflow
+
+    from training import tracking
+    from training.data import load_mnist
+
+    mnist = load_mnist(dataset)
+    with tracking.start_run(f"kfp-{pipeline_run}", run_id=os.environ.get("MLFLOW_RUN_ID")) as parent:
+        mlflow.set_tags({"kfp_run": pipeline_run, "data_source": data, "data_sha256": mnist.sha256})
+        with tracking.start_run("prepare-data", parent.info.run_id):
+            tracking.log_dataset(mnist, len(mnist.x_train))
+    return parent.info.run_id
+
+
+def train_classifier(dataset: str, classifier_out: str) -> float:
+    """The MNIST classifier for this dataset (trained, or from the local cache), saved as a folder;
+    returns its test accuracy. It learns from the whole training split, whatever `train_images` is."""
+    from training import classifier as mnist_classifier
+    from training.data import load_mnist
+
+    classifier = mnist_classifier.load_or_train(load_mnist(dataset))
+    mnist_classifier.save(classifier, Path(classifier_out))
+    return classifier.test_accuracy
+
+
+def passes_gate(evaluation_run_id: str, min_classes_covered: int) -> tuple[bool, float]:
+    """Whether the evaluated generator covers at least `min_classes_covered` digit classes; returns
+    (passes, classes covered)."""
+    import mlflow
+
+    covered = mlflow.MlflowClient().get_run(evaluation_run_id).data.metrics["classes_covered"]
+    return covered >= min_classes_covered, covered
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)

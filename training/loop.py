@@ -17,10 +17,12 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-from training import backend, checkpoint, images, preprocess
+from training import backend, checkpoint, plots
 from training.adam import Adam
 from training.config import TrainConfig
+from training.data import epoch_batches, steps_per_epoch
 from training.models import PRESET_WIDTHS, build_discriminator, build_generator
+from training.sampling import latents, render
 from training.step import Gan, LatentSampler, Recipe
 
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
@@ -51,29 +53,15 @@ class TrainResult:
     train_seconds: float  # wall time of this call of `train`, compilation included
 
 
-def resolve_precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "mixed_bfloat16" if backend.accelerator() == "gpu" else "float32"
-
-
 def build_gan(config: TrainConfig) -> Gan:
     """Fresh, seeded G and D for the config's preset and precision (policy set before building)."""
     backend.check_supported()
-    keras.config.set_dtype_policy(resolve_precision(config.precision))
+    keras.config.set_dtype_policy(backend.resolve_precision(config.precision))
     backend.make_deterministic(config.seed)
     widths = PRESET_WIDTHS[config.preset]
-    recipe = Recipe(n_iter_d=config.n_iter_d, n_iter_g=config.n_iter_g,
-                    real_label=config.real_label, fake_label=config.fake_label)
+    recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label)
     return Gan(build_generator(widths, config.z_dim), build_discriminator(widths),
-               Adam(learning_rate=config.learning_rate, beta_1=config.beta_1),
-               LatentSampler(config.z_dim, seed=config.seed), recipe)
-
-
-def fixed_latents(config: TrainConfig) -> np.ndarray:
-    """The z of every epoch's sample grid: the same (64, z_dim) points for the whole run."""
-    return np.random.default_rng([config.seed, 2**31]).uniform(
-        -1, 1, (GRID_SAMPLES, config.z_dim)).astype(np.float32)
+               Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed), recipe)
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,
@@ -92,12 +80,12 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
         progress.restore(checkpoint_dir)
     state = progress.state
     device_images = keras.ops.convert_to_tensor(train_images)
-    z_grid = fixed_latents(config)
-    steps = preprocess.steps_per_epoch(len(train_images), config.batch_size, config.n_iter_d)
+    z_grid = latents(GRID_SAMPLES, config.z_dim, seed=(config.seed, 2**31))  # the same points all run
+    steps = steps_per_epoch(len(train_images), config.batch_size, config.n_iter_d)
 
     with _SigtermFlag() as sigterm:
         for epoch in range(progress.epoch, config.epochs):
-            batches = preprocess.epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
+            batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
                                                config.seed, epoch)
             bar = keras.utils.Progbar(steps, stateful_metrics=METRICS + ("images_per_sec",))
             print(f"Epoch {epoch + 1}/{config.epochs}")
@@ -133,15 +121,9 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
     return progress.result(gan, state, "epochs")
 
 
-def generate(gan: Gan, state, z: np.ndarray) -> np.ndarray:
-    """G(z) in inference mode from a state: (B, z_dim) -> (B, 28, 28, 1) float32 in [-1, 1]."""
-    fake, _ = gan.generator.stateless_call(state["g_trainable"], state["g_non_trainable"],
-                                           keras.ops.convert_to_tensor(z), training=False)
-    return keras.ops.convert_to_numpy(keras.ops.cast(fake, "float32"))
-
-
 def _save_grid(gan: Gan, state, z: np.ndarray, path: Path, epoch: int) -> Path:
-    picture = images.grid(images.to_uint8(generate(gan, state, z)), caption=f"epoch {epoch + 1}")
+    fake = render(gan.generator, z, weights=(state["g_trainable"], state["g_non_trainable"]))
+    picture = plots.grid(plots.to_uint8(fake), caption=f"epoch {epoch + 1}")
     picture.save(path)
     return path
 

@@ -32,7 +32,7 @@ PRESET_WIDTHS = {
 }
 
 
-def build_generator(widths: Widths, z_dim: int = 100) -> keras.Model:
+def build_generator(widths: Widths, z_dim: int) -> keras.Model:
     """G: z (B, z_dim) in [-1, 1] -> images (B, 28, 28, 1) in [-1, 1]."""
     return keras.Sequential(
         [

@@ -1,19 +1,12 @@
-"""The MLflow model registry: register a generator as `challenger`, promote it to `champion` only when
-its evaluation beats the champion's, roll back, and carry a version into another registry.
-
-Every decision is recorded on the version as tags (`promotion.*`), promoted or not. Promotions of one
-model are serialised by a lock held in the registry itself, so two racing promotions end with the one
-champion the rule picks. Each version records the sha256 of its generator file (tag and model config);
-promotion and every load verify it.
+"""The generator as an MLflow model, and the registry's side of it: log it in the training run (a
+LoggedModel), register it as `challenger`, read aliases and evaluations, carry a version into another
+registry, and check its files against the sha256 recorded when it was logged (promotion, every load
+and serving verify it). When a version becomes `champion` is training/promotion.py's business.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -28,7 +21,6 @@ from mlflow.types.schema import Array
 import training
 from training.data import file_sha256
 from training.metrics import HEADLINE
-from training.promotion import PromotionRule
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 # What a version records of its evaluation (as eval.* tags) and what promotion compares.
@@ -36,7 +28,6 @@ EVALUATION_KEYS = (*HEADLINE, "samples")
 SERVING_CODE = Path(training.__file__).parent / "serving.py"
 GENERATOR_IN_MODEL = "artifacts/generator.keras"  # where a registered pyfunc model keeps the generator
 CHECKSUM_KEY = "generator_sha256"  # version tag and pyfunc model config
-LOCK_STALE_S = 300  # a promotion lock older than this was left by a killed process and is broken
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.long, "seed", required=False),
                    ColSpec(DataType.long, "n", required=False),
@@ -53,28 +44,33 @@ class ArtifactError(RegistryError):
     """A version's files are missing or do not match the checksum recorded when it was registered."""
 
 
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    challenger: str
-    champion: str | None
-
-
-def register_generator(generator_file: Path, name: str, training_run_id: str,
-                       evaluation: dict[str, float], tags: dict[str, str]) -> str:
-    """Log the generator as a pyfunc model in the active run, register it, alias it `challenger`.
-    Returns the new version."""
-    input_example = pd.DataFrame({"seed": [0], "n": [2]})
+def log_generator(generator_file: Path) -> str:
+    """Log the generator as a pyfunc model of the active (training) run; returns its LoggedModel id.
+    Its sha256 goes into the model's config and tags, so every later load can check the file."""
     digest = file_sha256(generator_file)
     info = mlflow.pyfunc.log_model(
         name="generator", python_model=str(SERVING_CODE), artifacts={"generator": str(generator_file)},
-        code_paths=[str(SERVING_CODE.parent)], signature=SIGNATURE, input_example=input_example,
-        pip_requirements=_requirements(), model_config={CHECKSUM_KEY: digest})
-    version = str(mlflow.register_model(info.model_uri, name).version)
+        code_paths=[str(SERVING_CODE.parent)], signature=SIGNATURE,
+        input_example=pd.DataFrame({"seed": [0], "n": [2]}), pip_requirements=_requirements(),
+        model_config={CHECKSUM_KEY: digest}, tags={CHECKSUM_KEY: digest})
+    return info.model_id
+
+
+def logged_model_id(client: MlflowClient, training_run_id: str) -> str | None:
+    """The LoggedModel id of the generator a training run logged (None: it logged none)."""
+    outputs = client.get_run(training_run_id).outputs
+    models = [m.model_id for m in (outputs.model_outputs if outputs else [])]
+    return models[-1] if models else None
+
+
+def register(model_id: str, name: str, tags: dict[str, str], evaluation: dict[str, float]) -> str:
+    """Register a logged generator under `name`, record its evaluation as eval.* tags and alias it
+    `challenger`; the version points at the run that trained it. Returns the new version."""
     client = MlflowClient()
-    all_tags = {"training_run_id": training_run_id, CHECKSUM_KEY: digest, **tags,
-                **{f"eval.{k}": str(v) for k, v in evaluation.items()}}
+    logged = client.get_logged_model(model_id)
+    version = str(mlflow.register_model(f"models:/{model_id}", name).version)
+    all_tags = {"training_run_id": logged.source_run_id, CHECKSUM_KEY: logged.tags.get(CHECKSUM_KEY, ""),
+                **tags, **{f"eval.{k}": str(v) for k, v in evaluation.items()}}
     for key, value in all_tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -90,15 +86,20 @@ def version_metrics(client: MlflowClient, name: str, version: str) -> dict[str, 
 
 
 def verified_generator(model_dir: Path, expected: str | None) -> Path:
-    """The generator file of a downloaded registered model, after checking it against `expected`
-    (the sha256 recorded at registration; None for versions registered before checksums)."""
+    """The generator file of a downloaded model, after checking it against `expected` (the sha256
+    recorded when it was logged; None for versions logged before checksums)."""
     path = model_dir / GENERATOR_IN_MODEL
     if not path.is_file():
         raise ArtifactError(f"{model_dir}: the registered model has no {GENERATOR_IN_MODEL}")
-    if expected and file_sha256(path) != expected:
-        raise ArtifactError(f"{path}: sha256 {file_sha256(path)} does not match {expected} recorded at "
-                            "registration; refusing a modified or corrupted model")
+    check_checksum(path, expected)
     return path
+
+
+def check_checksum(path: Path, expected: str | None) -> None:
+    """Raise ArtifactError unless the file's sha256 is `expected` (None: nothing recorded to check)."""
+    if expected and file_sha256(path) != expected:
+        raise ArtifactError(f"{path}: sha256 {file_sha256(path)} does not match {expected} recorded when it "
+                            "was logged: the file was modified or corrupted")
 
 
 def recorded_checksum(model_dir: Path) -> str | None:
@@ -120,83 +121,6 @@ def check_version_files(client: MlflowClient, name: str, version: str) -> None:
         except (MlflowException, OSError) as err:
             raise ArtifactError(f"{name} version {version}: its files cannot be read ({err})") from None
         verified_generator(model_dir, expected)
-
-
-def promote(name: str, rule: PromotionRule, dry_run: bool = False, client: MlflowClient | None = None,
-            version: str | None = None) -> Decision:
-    """Move `champion` to `version` (default: the `challenger`) if the rule says so; record why either
-    way. The decision and the alias move happen under the model's promotion lock."""
-    client = client or MlflowClient()
-    challenger = version or _alias_version(client, name, CHALLENGER)
-    if challenger is None:
-        raise RegistryError(f"{name} has no '{CHALLENGER}' version to promote")
-    lock = contextlib.nullcontext() if dry_run else _promotion_lock(client, name)
-    with lock:
-        champion = _alias_version(client, name, CHAMPION)
-        if champion == challenger:
-            return Decision(False, f"version {challenger} is already the champion", challenger, champion)
-        try:
-            check_version_files(client, name, challenger)
-        except ArtifactError as err:
-            promote_it, reason = False, f"artifacts not verified: {err}"
-        else:
-            promote_it, reason = rule.decide(version_metrics(client, name, challenger),
-                                             version_metrics(client, name, champion) if champion else None)
-        decision = Decision(promote_it, reason, challenger, champion)
-        if dry_run:
-            return decision
-        client.set_model_version_tag(name, challenger, "promotion.decision",
-                                     "promoted" if promote_it else "refused")
-        client.set_model_version_tag(name, challenger, "promotion.reason", reason)
-        client.set_model_version_tag(name, challenger, "promotion.time", _now())
-        if promote_it:
-            if champion:
-                client.set_model_version_tag(name, challenger, "promotion.previous_champion", champion)
-            client.set_registered_model_alias(name, CHAMPION, challenger)
-    return decision
-
-
-@contextlib.contextmanager
-def _promotion_lock(client: MlflowClient, name: str, timeout_s: float = 600):
-    """Hold `<name>.promotion-lock`: a registered model, created atomically by the registry's unique
-    name, so promotions from any process or machine that share the registry take turns."""
-    lock, holder = f"{name}.promotion-lock", uuid.uuid4().hex
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
-                                           description=f"held while a version of {name} is being promoted")
-            break
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        with contextlib.suppress(MlflowException):
-            since = float(client.get_registered_model(lock).tags.get("since", "0"))
-            if time.time() - since > LOCK_STALE_S:
-                client.delete_registered_model(lock)  # left by a killed promotion
-                continue
-        if time.monotonic() > deadline:
-            raise RegistryError(f"{lock} is held by another promotion for over {timeout_s:.0f} s")
-        time.sleep(0.2 + 0.3 * np.random.default_rng().random())
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
-
-
-def rollback(name: str, client: MlflowClient | None = None) -> tuple[str, str]:
-    """Point `champion` back at the version it replaced; returns (from_version, to_version)."""
-    client = client or MlflowClient()
-    with _promotion_lock(client, name):
-        champion = _alias_version(client, name, CHAMPION)
-        if champion is None:
-            raise RegistryError(f"{name} has no '{CHAMPION}' to roll back")
-        previous = client.get_model_version(name, champion).tags.get("promotion.previous_champion")
-        if not previous:
-            raise RegistryError(f"{name} version {champion} replaced no earlier champion: nothing to roll back to")
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_model_version_tag(name, champion, "promotion.rolled_back", _now())
-    return champion, previous
 
 
 def copy_to_registry(name: str, version: str, target_uri: str, target_name: str | None = None) -> str:
@@ -235,19 +159,15 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         client.create_registered_model(name)
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def _requirements() -> list[str]:
-    from training.tracking import installed_versions
+    from training.backend import installed_versions
 
     packages = ("mlflow", "keras", "numpy", "pandas", "pillow", "tensorflow", "tensorflow-cpu", "jax")
     return [f"{name}=={version}" for name, version in installed_versions(packages).items()]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import images
+from training import plots
 from training.evaluation import Evaluation, nearest_training_images
 from training.metrics import HEADLINE, LOWER_IS_BETTER
 
@@ -20,7 +20,7 @@ def write_report(evaluation: Evaluation, x_train: np.ndarray, directory: Path, t
     """Write grid.png, neighbours.png, histogram.png, report.md and report.html; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     samples = evaluation.samples
-    images.grid(samples[:64], caption=f"{len(samples)} samples, first 64").save(directory / "grid.png")
+    plots.grid(samples[:64], caption=f"{len(samples)} samples, first 64").save(directory / "grid.png")
     _neighbours_picture(samples[:NEIGHBOUR_SAMPLES], x_train).save(directory / "neighbours.png")
     _histogram_plot(evaluation, directory / "histogram.png")
     table = metrics_table(evaluation)
@@ -64,7 +64,7 @@ def _format(value: float) -> str:
 def _neighbours_picture(samples: np.ndarray, x_train: np.ndarray):
     nearest = nearest_training_images(samples, x_train, k=3)
     rows = [np.concatenate([samples[i][None], x_train[nearest[i]]]) for i in range(len(samples))]
-    return images.grid(np.concatenate(rows), columns=4)
+    return plots.grid(np.concatenate(rows), columns=4)
 
 
 def _histogram_plot(evaluation: Evaluation, target: Path) -> None:

@@ -14,16 +14,23 @@ import numpy as np
 GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run
 
 
-def latents(n: int, z_dim: int, seed: int) -> np.ndarray:
-    """z ~ U(-1, 1): (n, z_dim) float32, the same for the same seed everywhere (CLI, evaluation, serving)."""
+def latents(n: int, z_dim: int, seed: int | tuple[int, ...]) -> np.ndarray:
+    """z ~ U(-1, 1): (n, z_dim) float32, the same for the same seed everywhere (training's sample grids,
+    the CLI, evaluation, serving)."""
     return np.random.default_rng(seed).uniform(-1, 1, (n, z_dim)).astype(np.float32)
 
 
-def render(generator: keras.Model, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """G(z) in inference mode, in batches: (n, z_dim) -> (n, 28, 28, 1) float32 in [-1, 1]."""
-    out = [keras.ops.convert_to_numpy(keras.ops.cast(generator(z[i:i + batch_size], training=False),
-                                                     "float32")) for i in range(0, len(z), batch_size)]
-    return np.concatenate(out)
+def render(generator: keras.Model, z: np.ndarray, weights: tuple[list, list] | None = None,
+           batch_size: int = 1000) -> np.ndarray:
+    """G(z) in inference mode, in batches: (n, z_dim) -> (n, 28, 28, 1) float32 in [-1, 1]. `weights`,
+    (trainable, non-trainable) values such as a training state's, replace the model's own."""
+    def g(z_batch):
+        if weights is None:
+            return generator(z_batch, training=False)
+        return generator.stateless_call(*weights, keras.ops.convert_to_tensor(z_batch), training=False)[0]
+
+    return np.concatenate([keras.ops.convert_to_numpy(keras.ops.cast(g(z[i:i + batch_size]), "float32"))
+                           for i in range(0, len(z), batch_size)])
 
 
 def generate(generator: keras.Model, n: int, seed: int = 0) -> np.ndarray:

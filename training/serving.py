@@ -11,6 +11,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from training.config import SEED_MAX
+
 MAX_IMAGES_PER_REQUEST = 10_000
 
 
@@ -37,8 +39,8 @@ def latents_from_request(frame, z_dim: int) -> np.ndarray:
         for seed, n in zip(frame["seed"], frame["n"]):
             if not (float(n).is_integer() and 1 <= n <= MAX_IMAGES_PER_REQUEST):
                 raise _bad_request(f"n must be an integer in 1..{MAX_IMAGES_PER_REQUEST} (got {n})")
-            if not (float(seed).is_integer() and 0 <= seed < 2**63):
-                raise _bad_request(f"seed must be a non-negative integer (got {seed})")
+            if not (float(seed).is_integer() and 0 <= seed <= SEED_MAX):
+                raise _bad_request(f"seed must be an integer in 0..{SEED_MAX} (got {seed})")
             chunks.append(latents(int(n), z_dim, int(seed)))
     total = sum(len(c) for c in chunks)
     if total > MAX_IMAGES_PER_REQUEST:
@@ -48,20 +50,22 @@ def latents_from_request(frame, z_dim: int) -> np.ndarray:
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from pathlib import Path
+
         import keras
 
-        from training.data import file_sha256
+        from training.registry import CHECKSUM_KEY, ArtifactError, check_checksum
 
         path = context.artifacts["generator"]
-        expected = (context.model_config or {}).get("generator_sha256")
-        if expected and file_sha256(path) != expected:
-            raise RuntimeError(f"{path}: sha256 does not match {expected} recorded at registration; "
-                               "refusing to serve a modified or corrupted model")
+        try:
+            check_checksum(Path(path), (context.model_config or {}).get(CHECKSUM_KEY))
+        except ArtifactError as err:
+            raise RuntimeError(f"{err}; refusing to serve a modified or corrupted model") from None
         self.generator = keras.saving.load_model(path, safe_mode=True, compile=False)
         self.z_dim = int(self.generator.input_shape[-1])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        from training.images import to_uint8
+        from training.plots import to_uint8
         from training.sampling import render
 
         return to_uint8(render(self.generator, latents_from_request(model_input, self.z_dim)))

@@ -19,14 +19,17 @@ from keras import ops
 from training import backend
 from training.adam import Adam
 
+GENERATOR_LABEL = 1.0  # G is trained to make D answer "real" (the non-saturating loss)
+
 
 @dataclass(frozen=True)
 class Recipe:
-    n_iter_d: int = 1
-    n_iter_g: int = 5
-    real_label: float = 0.9
-    fake_label: float = 0.0
-    generator_label: float = 1.0
+    """The step's knobs; their values and defaults are TrainConfig's."""
+
+    n_iter_d: int
+    n_iter_g: int
+    real_label: float
+    fake_label: float
 
 
 def binary_crossentropy(target: float, probability):
@@ -110,7 +113,7 @@ class Gan:
                 g_trainable, state["g_non_trainable"], z, training=True)
             p, d_non_trainable = self.discriminator.stateless_call(
                 state["d_trainable"], state["d_non_trainable"], fake, training=True)
-            loss = binary_crossentropy(self.recipe.generator_label, p)
+            loss = binary_crossentropy(GENERATOR_LABEL, p)
             return loss, (g_non_trainable, d_non_trainable)
 
         (loss, (g_non_trainable, d_non_trainable)), grads = backend.value_and_grad(loss_fn)(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,21 +51,21 @@ class MlflowTracker:
         self.outbox.close(float(os.environ.get("MNIST_GAN_TRACKING_WAIT_S", "600")))
 
 
-def installed_versions(packages: tuple[str, ...]) -> dict[str, str]:
-    """Name -> installed version of those of `packages` that are installed."""
-    versions = {}
-    for package in packages:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return versions
-
-
 @contextlib.contextmanager
-def start_run(run_id: str | None = None, nested: bool = False, name: str | None = None):
-    """Start a run (or re-open `run_id`, or attach to `mlflow run`'s); it ends FAILED if the body raises."""
-    if not (os.environ.get("MLFLOW_RUN_ID") or run_id or mlflow.active_run()):
+def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = None):
+    """Start the run `name` (or re-open `run_id`, or attach to `mlflow run`'s), as a child of
+    `parent_run_id` when one is given; a parent this process has not opened (a pipeline task's) is
+    re-entered first. The run ends FAILED if the body raises."""
+    active = mlflow.active_run()
+    if parent_run_id and not (active and active.info.run_id == parent_run_id):
+        os.environ.pop("MLFLOW_RUN_ID", None)  # the pipeline's parent run, not a run to attach to
+        with mlflow.start_run(run_id=parent_run_id), start_run(name, parent_run_id, run_id) as run:
+            yield run
+        return
+    nested = parent_run_id is not None
+    if not (os.environ.get("MLFLOW_RUN_ID") or run_id or active):
         mlflow.set_experiment(EXPERIMENT)
-    parent = mlflow.active_run() if nested else None
+    parent = active if nested else None
     # A child belongs to its parent's experiment, also in a process that re-opened the parent.
     experiment_id = parent.info.experiment_id if parent and not run_id else None
     with mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
@@ -78,15 +76,14 @@ def start_run(run_id: str | None = None, nested: bool = False, name: str | None 
 def run_params(config: TrainConfig) -> dict[str, str]:
     """Every hyperparameter plus what the numbers depend on: backend, device, precision, versions."""
     from training import backend
-    from training.loop import resolve_precision
 
     params = {name: str(value).lower() if isinstance(value, bool) else str(value)
               for name, value in config.to_dict().items()}
     params.update(backend=backend.name(), device=backend.device_description(),
                   accelerator=backend.accelerator(),
-                  compute_precision=resolve_precision(config.precision),
+                  compute_precision=backend.resolve_precision(config.precision),
                   python=platform.python_version())
-    params.update({f"version_{name}": version for name, version in installed_versions(PACKAGES).items()})
+    params.update({f"version_{name}": version for name, version in backend.installed_versions(PACKAGES).items()})
     return params
 
 
@@ -103,28 +100,53 @@ def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed:
 
 def log_dataset(mnist: Mnist, num_train_images: int) -> None:
     """The training split as the run's dataset input, with its source and digest."""
-    source = mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
-    dataset = mlflow.data.from_numpy(
+    mlflow.log_input(training_dataset(mnist, num_train_images), context="training")
+
+
+def training_dataset(mnist: Mnist, num_train_images: int):
+    return mlflow.data.from_numpy(
         features=mnist.x_train[:num_train_images], targets=mnist.y_train[:num_train_images],
-        source=source, name="mnist", digest=mnist.sha256[:32])
-    mlflow.log_input(dataset, context="training")
+        source=_source(mnist), name="mnist", digest=mnist.sha256[:32])
 
 
-def log_final(result: TrainResult) -> None:
-    """The GIF of the grids, the loss curves and both models in Keras format."""
-    from training import images
+def evaluation_dataset(mnist: Mnist):
+    """The test split, which every evaluation scores against."""
+    return mlflow.data.from_numpy(features=mnist.x_test, targets=mnist.y_test, source=_source(mnist),
+                                  name="mnist-test", digest=mnist.sha256[32:64])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if result.grid_paths:
-            images.save_gif(result.grid_paths, tmp / "samples.gif")
-        images.save_loss_curves(result.history, tmp / "loss_curves.png")
-        for path in tmp.iterdir():
-            mlflow.log_artifact(str(path))
-        result.gan.generator.save(tmp / "generator.keras")
-        result.gan.discriminator.save(tmp / "discriminator.keras")
-        mlflow.log_artifact(str(tmp / "generator.keras"), artifact_path="models")
-        mlflow.log_artifact(str(tmp / "discriminator.keras"), artifact_path="models")
+
+def _source(mnist: Mnist) -> str:
+    return mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
+
+
+def log_final(result: TrainResult, directory: Path) -> Path:
+    """The GIF of the grids, the loss curves and both models in Keras format, written to `directory`
+    and logged; returns the generator's file."""
+    from training import plots
+
+    if result.grid_paths:
+        plots.save_gif(result.grid_paths, directory / "samples.gif")
+    plots.save_loss_curves(result.history, directory / "loss_curves.png")
+    for path in directory.iterdir():
+        mlflow.log_artifact(str(path))
+    generator, discriminator = directory / "generator.keras", directory / "discriminator.keras"
+    result.gan.generator.save(generator)
+    result.gan.discriminator.save(discriminator)
+    mlflow.log_artifact(str(generator), artifact_path="models")
+    mlflow.log_artifact(str(discriminator), artifact_path="models")
     mlflow.log_metric("train_seconds", result.train_seconds, step=result.global_step)
     mlflow.set_tags({"global_step": str(result.global_step), "epochs_done": str(result.epochs_done),
                      "stopped_by": result.stopped_by})
+    return generator
+
+
+def run_link(run_id: str) -> str:
+    """Where a person opens the run: its page on an http(s) tracking server, else runs:/<id>."""
+    import urllib.parse
+
+    uri = urllib.parse.urlparse(mlflow.get_tracking_uri())
+    if uri.scheme not in ("http", "https"):
+        return f"runs:/{run_id}"
+    shown = uri._replace(netloc=uri.hostname + (f":{uri.port}" if uri.port else "")).geturl()  # no credentials
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    return f"{shown.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

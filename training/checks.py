@@ -1,0 +1,94 @@
+"""Pre-flight checks: fail in seconds, naming what is wrong, instead of after minutes of training.
+
+Each check runs once per process for the same target (a command's jobs share the answer), and the
+cheap ones need no heavy import.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.parse
+from pathlib import Path
+
+from training import checkpoint
+from training.config import ConfigError, TrainConfig
+from training.data import check_readable
+
+
+@functools.cache
+def training(config: TrainConfig) -> None:
+    """Readable data, and when resuming, a checkpoint trained with the same parameters."""
+    check_readable(config.data)
+    if not config.resume:
+        return
+    run_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir))
+    if run_dir is None:
+        raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
+    try:
+        previous = checkpoint.latest_manifest(run_dir)["config"]
+    except (ValueError, KeyError):
+        return  # an unreadable newest manifest: the loop falls back to an intact one and checks that
+    refused = config.resume_conflicts(previous)
+    if refused:
+        raise ConfigError(f"cannot resume from {run_dir}: it was trained with different {', '.join(refused)}")
+
+
+def tracking_server() -> None:
+    """An http(s) MLFLOW_TRACKING_URI must answer (any HTTP status, even 401, counts as up): MLflow
+    itself would retry for minutes. The error names the URI without its credentials."""
+    _answers(os.environ.get("MLFLOW_TRACKING_URI", ""))
+
+
+@functools.cache
+def _answers(uri: str, timeout_s: float = 5.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    shown = parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"MLflow tracking server {shown} is unreachable ({reason}); start it or set "
+                          "MLFLOW_TRACKING_URI") from None
+
+
+def artifact_store() -> None:
+    """When the experiment's artifacts go to an S3 bucket, it must be reachable with this process's
+    credentials (MLflow would fail only when logging, after training). The error names the endpoint
+    and the bucket, never a credential."""
+    import mlflow
+
+    from training import tracking
+
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    _bucket_reachable(mlflow.get_tracking_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID"), tracking.EXPERIMENT,
+                      endpoint)
+
+
+@functools.cache
+def _bucket_reachable(tracking_uri: str, experiment_id: str | None, experiment_name: str,
+                      endpoint: str | None) -> None:
+    import boto3
+    import botocore.exceptions
+    import mlflow
+
+    experiment = mlflow.get_experiment(experiment_id) if experiment_id else mlflow.set_experiment(experiment_name)
+    location = urllib.parse.urlparse(experiment.artifact_location)
+    if location.scheme != "s3":
+        return
+    where = f"S3 artifact store {endpoint or 'AWS S3'}, bucket {location.netloc}"
+    try:
+        boto3.client("s3", endpoint_url=endpoint).head_bucket(Bucket=location.netloc)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(f"{where}: access refused ({code}); check AWS_ACCESS_KEY_ID, "
+                          "AWS_SECRET_ACCESS_KEY and that the bucket exists") from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise ConfigError(f"{where}: unreachable ({type(err).__name__})") from None

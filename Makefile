@@ -9,7 +9,7 @@ comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock clean serve services images image push bench
+.PHONY: install run test lint lock mlproject clean serve services images image push bench
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ BENCH_DATA ?= $(if $(wildcard ../shared/data/mnist.npz),../shared/data/mnist.npz
 BENCH_PARTS ?= throughput,quality,jobs,serving
 bench: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)
+
+# Rewrite the MLproject from training/config.py after adding or changing a parameter.
+mlproject: install
+	$(BIN)/python -m infra.mlproject > MLproject
 
 # Re-pin every transitive dependency after changing pyproject.toml.
 lock: install

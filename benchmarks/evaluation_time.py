@@ -12,8 +12,9 @@ import argparse
 import json
 import time
 
-from training import evaluation, evaluator, preprocess
-from training.data import load_mnist
+from training import classifier as mnist_classifier
+from training import evaluation
+from training.data import load_mnist, to_unit_range
 from training.models import PRESET_WIDTHS, build_generator
 from training.sampling import generate
 
@@ -25,17 +26,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     args = parser.parse_args()
     mnist = load_mnist(args.data)
-    judge = evaluator.load_or_train(mnist)
-    generator = build_generator(PRESET_WIDTHS[args.preset])
+    classifier = mnist_classifier.load_or_train(mnist)
+    generator = build_generator(PRESET_WIDTHS[args.preset], 100)
     generate(generator, 10)  # build and warm up outside the timing
 
     started = time.perf_counter()
     fake = generate(generator, args.samples)
     generated = time.perf_counter()
-    real_features, _ = judge.features_and_probabilities(preprocess.to_unit_range(mnist.x_test))
-    evaluation.score(judge, fake, real_features)
+    real_features, _ = classifier.features_and_probabilities(to_unit_range(mnist.x_test))
+    evaluation.score(classifier, fake, real_features)
     scored = time.perf_counter()
-    evaluation.evaluate(generator, mnist, judge, n=args.samples)
+    evaluation.evaluate(generator, mnist, classifier, n=args.samples)
     whole = time.perf_counter() - scored
     print(json.dumps({"preset": args.preset, "samples": args.samples,
                       "generate_s": round(generated - started, 2),

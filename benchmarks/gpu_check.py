@@ -37,7 +37,7 @@ def measure_step(config, images: np.ndarray, steps: int) -> dict:
     import jax
 
     from benchmarks.flops import step_flops
-    from training import backend, loop, preprocess
+    from training import backend, data, loop
 
     gan = loop.build_gan(config)
     model_flops = step_flops(gan.generator, gan.discriminator, config.batch_size, config.n_iter_d,
@@ -45,7 +45,7 @@ def measure_step(config, images: np.ndarray, steps: int) -> dict:
     step = backend.compile_step(gan.train_step)
     state = gan.initial_state()
     device_images = jax.device_put(images)
-    batches = preprocess.epoch_batches(len(images), config.batch_size, config.n_iter_d, 0, 0)
+    batches = data.epoch_batches(len(images), config.batch_size, config.n_iter_d, 0, 0)
     started = time.perf_counter()
     step = step.lower(state, device_images, batches[0]).compile()
     cost = step.cost_analysis()
@@ -72,7 +72,7 @@ def measure_step(config, images: np.ndarray, steps: int) -> dict:
     median = float(np.median(times))
     return {
         "preset": config.preset, "batch": config.batch_size,
-        "precision": loop.resolve_precision(config.precision), "compile_s": round(compile_s, 2),
+        "precision": backend.resolve_precision(config.precision), "compile_s": round(compile_s, 2),
         "ms_per_step_waited": round(median * 1e3, 3), "ms_per_step_pipelined": round(pipelined * 1e3, 3),
         "real_images_per_s": round(config.batch_size * config.n_iter_d / pipelined, 1),
         "g_step_images_per_s": round(config.batch_size * config.n_iter_g / pipelined, 1),
@@ -96,7 +96,7 @@ def main() -> int:
     import jax
     import keras
 
-    from training import backend, loop, preprocess
+    from training import backend, data, loop
     from training.config import TrainConfig
     from training.data import load_mnist
 
@@ -107,7 +107,7 @@ def main() -> int:
         print("no GPU visible to JAX", file=sys.stderr)
         return 1
     mnist = load_mnist(args.data)
-    images = preprocess.to_unit_range(mnist.x_train)
+    images = data.to_unit_range(mnist.x_train)
     preset, steps = ("tiny", 3) if args.cpu else ("seed", 30)
     if args.cpu:
         images = images[:2048]
@@ -142,7 +142,7 @@ def main() -> int:
     steady_ips = float(np.median(ips[1:] if len(ips) > 1 else ips))
     steady_epoch_s = len(images) / steady_ips
     report["training"] = {
-        "preset": preset, "precision": loop.resolve_precision(config.precision),
+        "preset": preset, "precision": backend.resolve_precision(config.precision),
         "epochs": result.epochs_done, "steps": result.global_step, "wall_s": round(wall, 1),
         "steady_real_images_per_s": round(steady_ips, 1),
         "steady_s_per_epoch": round(steady_epoch_s, 2),

@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
-from training import backend, evaluation, evaluator, loop, preprocess
-from training.config import DEFAULT_EVAL_SAMPLES, TrainConfig
+from training import backend, data, evaluation, loop
+from training import classifier as mnist_classifier
+from training.config import JobConfig, TrainConfig
 from training.data import load_mnist
 from training.sampling import generate
 
@@ -36,11 +37,11 @@ class ProjectRecipe:
         self.batches = None
 
     def step(self) -> None:
-        steps_per_epoch = preprocess.steps_per_epoch(self.num_images, self.config.batch_size,
+        steps_per_epoch = data.steps_per_epoch(self.num_images, self.config.batch_size,
                                                      self.config.n_iter_d)
         epoch, i = divmod(self.steps_done, steps_per_epoch)
         if i == 0:
-            self.batches = preprocess.epoch_batches(self.num_images, self.config.batch_size,
+            self.batches = data.epoch_batches(self.num_images, self.config.batch_size,
                                                     self.config.n_iter_d, self.config.seed, epoch)
         self.state, metrics = self.step_fn(self.state, self.device_images, self.batches[i])
         backend.to_numpy(metrics["g_loss"])
@@ -75,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--marks", default="2.5,5,10", help="minutes of training, comma-separated")
-    parser.add_argument("--samples", type=int, default=DEFAULT_EVAL_SAMPLES)
+    parser.add_argument("--samples", type=int, default=JobConfig().samples)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--recipes", default="project,tutorial")
@@ -83,14 +84,14 @@ def main() -> None:
     marks = [float(m) for m in args.marks.split(",")]
 
     mnist = load_mnist(args.data)
-    judge = evaluator.load_or_train(mnist)
-    real_features, reference, _ = evaluation.real_reference(judge, mnist, args.samples, seed=0)
+    classifier = mnist_classifier.load_or_train(mnist)
+    real_features, reference, _ = evaluation.real_reference(classifier, mnist, args.samples, seed=0)
     print(json.dumps({"reference": reference}), flush=True)
 
     def score(sampler) -> dict:
-        return evaluation.score(judge, sampler(args.samples), real_features)[0]
+        return evaluation.score(classifier, sampler(args.samples), real_features)[0]
 
-    images = preprocess.to_unit_range(mnist.x_train)
+    images = data.to_unit_range(mnist.x_train)
     config = TrainConfig(preset=args.preset, precision=args.precision)
     results = {"reference": {k: round(v, 4) for k, v in reference.items()}, "samples": args.samples,
                "project_recipe": {"preset": config.preset, "batch_size": config.batch_size,

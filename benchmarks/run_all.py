@@ -41,7 +41,8 @@ def run_json(module: str, args: list[str], backend: str = "tensorflow") -> list[
 
 
 def machine() -> dict:
-    from training.tracking import PACKAGES, installed_versions
+    from training.backend import installed_versions
+    from training.tracking import PACKAGES
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())

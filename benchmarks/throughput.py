@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.flops import step_flops
 from benchmarks.seed_loop import SeedGan
-from training import backend, loop, preprocess
+from training import backend, data, loop
 from training.config import TrainConfig
 
 
@@ -30,7 +30,7 @@ def project_steps(config: TrainConfig, images: np.ndarray):
     gan = loop.build_gan(config)
     step = backend.compile_step(gan.train_step)
     device_images = keras.ops.convert_to_tensor(images)
-    batches = preprocess.epoch_batches(len(images), config.batch_size, config.n_iter_d, config.seed, 0)
+    batches = data.epoch_batches(len(images), config.batch_size, config.n_iter_d, config.seed, 0)
     holder = {"state": gan.initial_state(), "next": 0}
 
     def run(n: int) -> float:
@@ -77,14 +77,14 @@ def compare(config: TrainConfig, images: np.ndarray, rounds: int, steps: int,
     import keras
 
     project, gan = project_steps(config, images)
-    keras.config.set_dtype_policy(baseline_precision or loop.resolve_precision(config.precision))
+    keras.config.set_dtype_policy(baseline_precision or backend.resolve_precision(config.precision))
     baseline = seed_loop_steps(config, images)
     times = interleaved({"seed_loop": baseline, "project": project}, rounds, steps)
     ratios = [b / p for b, p in zip(times["seed_loop"], times["project"])]
     flops = step_flops(gan.generator, gan.discriminator, config.batch_size, config.n_iter_d, config.n_iter_g)
     row = {"backend": backend.name(), "preset": config.preset, "batch": config.batch_size,
-           "precision": loop.resolve_precision(config.precision),
-           "baseline_precision": baseline_precision or loop.resolve_precision(config.precision),
+           "precision": backend.resolve_precision(config.precision),
+           "baseline_precision": baseline_precision or backend.resolve_precision(config.precision),
            "rounds": rounds, "steps_per_round": steps, "gflop_per_step": round(flops / 1e9, 1)}
     for name, seconds in times.items():
         median = float(np.median(seconds))
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
     args = parser.parse_args()
-    images = preprocess.to_unit_range(load_mnist(args.data).x_train)
+    images = data.to_unit_range(load_mnist(args.data).x_train)
     peak = fp32_peak() if backend.accelerator() == "cpu" else None
     config = TrainConfig(preset=args.preset, batch_size=args.batch, precision=args.precision)
     row = compare(config, images, args.rounds, args.steps, peak_flops=peak)

@@ -18,15 +18,17 @@ import numpy as np
 
 from training.adam import Adam
 
-CASES = {"seed_recipe": Adam(learning_rate=2e-4, beta_1=0.5), "keras_like": Adam(learning_rate=1e-2, beta_1=0.9)}
+# (learning_rate, beta_1): the seed's recipe, and Keras' default beta_1 at ten times its default rate.
+CASES = {"seed_recipe": (2e-4, 0.5), "keras_like": (1e-2, 0.9)}
 STEPS = 5
 # One tensor per gradient scale: at 1e-6, sqrt(v) is near epsilon, so epsilon's value and placement matter.
 SHAPES_AND_GRAD_SCALES = [((4, 3), 1.0), ((7,), 1e-3), ((2, 3, 5), 1e-6)]
 
 
-def keras_trajectory(adam: Adam, start: list[np.ndarray], grads: list[list[np.ndarray]]) -> list[list]:
-    optimizer = keras.optimizers.Adam(learning_rate=adam.learning_rate, beta_1=adam.beta_1,
-                                      beta_2=adam.beta_2, epsilon=adam.epsilon)
+def keras_trajectory(learning_rate: float, beta_1: float, start: list[np.ndarray],
+                     grads: list[list[np.ndarray]]) -> list[list]:
+    # beta_2 and epsilon written out, not taken from training/adam.py, so that its defaults are tested too.
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=0.999, epsilon=1e-7)
     variables = [keras.Variable(p) for p in start]
     trajectory = []
     for step_grads in grads:
@@ -48,11 +50,13 @@ def hand_trajectory(adam: Adam, start: list[np.ndarray], grads: list[list[np.nda
 def main(out: str) -> None:
     rng = np.random.default_rng(0)
     start = [rng.standard_normal(shape).astype("float32") for shape, _ in SHAPES_AND_GRAD_SCALES]
-    grads = [[(scale * rng.standard_normal(shape)).astype("float32") for shape, scale in SHAPES_AND_GRAD_SCALES]
-             for _ in range(STEPS)]
+    grads = [[(scale * rng.standard_normal(shape)).astype("float32")
+              for shape, scale in SHAPES_AND_GRAD_SCALES] for _ in range(STEPS)]
     arrays = {f"start_{i}": p for i, p in enumerate(start)}
-    for case, adam in CASES.items():
-        runs = {"keras": keras_trajectory(adam, start, grads), "hand": hand_trajectory(adam, start, grads),
+    for case, (learning_rate, beta_1) in CASES.items():
+        adam = Adam(learning_rate, beta_1)  # as training builds it: beta_2 and epsilon left at their defaults
+        runs = {"keras": keras_trajectory(learning_rate, beta_1, start, grads),
+                "hand": hand_trajectory(adam, start, grads),
                 "wrong": hand_trajectory(dataclasses.replace(adam, epsilon=10 * adam.epsilon), start, grads)}
         for run, trajectory in runs.items():
             for step, params in enumerate(trajectory):

@@ -38,3 +38,14 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> 
     return subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=tmp_path,
                           env=cli_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout,
                           check=False)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory, mnist_path):
+    """One tracking database with a trained and a collapsed generator, each evaluated (tests/lab.py)."""
+    import mlflow
+
+    from tests.lab import open_lab
+
+    yield open_lab(tmp_path_factory.mktemp("lab"), mnist_path)
+    mlflow.set_tracking_uri(None)

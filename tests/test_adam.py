@@ -1,10 +1,11 @@
-"""training/adam.py's hand-written Adam takes the same steps as `keras.optimizers.Adam`, on TensorFlow and JAX.
+"""training/adam.py's hand-written Adam takes the same steps as keras.optimizers.Adam, on TensorFlow and JAX.
 
 For each backend (a subprocess, as KERAS_BACKEND is fixed per process), tests/adam_steps.py runs both
 optimizers for 5 steps from the same seeded float32 parameters of three shapes with the same seeded
 gradients, at the seed's recipe (lr 2e-4, beta_1 0.5) and at lr 1e-2, beta_1 0.9; the parameters must agree
-after every step. The comparison is shown to be able to fail: every parameter moves, and the same Adam with
-epsilon ten times too large is told apart from Keras.
+after every step. Keras is given beta_2=0.999 and epsilon=1e-7 explicitly, while training/adam.py is built as
+training builds it (defaults), so its defaults are held to Keras' too. The comparison is shown to be able to
+fail: every parameter moves, and the same Adam with epsilon ten times too large is told apart from Keras.
 """
 
 from __future__ import annotations
@@ -48,5 +49,5 @@ def test_hand_written_adam_matches_keras_adam(backend, tmp_path):
                     np.testing.assert_allclose(hand[step][i], keras_adam[step][i], rtol=RTOL, atol=ATOL,
                                                err_msg=f"{backend} {case}: step {step + 1}, tensor {i}")
             for i in range(TENSORS):
-                assert np.all(hand[-1][i] != start[i]), f"{case}: tensor {i} did not move; nothing was compared"
+                assert np.all(hand[-1][i] != start[i]), f"{case}: tensor {i} did not move: nothing compared"
             assert not _agrees(wrong, keras_adam), f"{case}: epsilon 10x too large passed as Keras' Adam"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pipelines.runner import pipeline_parameters
 from tests.conftest import ROOT
 from training import cli
-from training.config import JOB_LIMITS, parameter_fields
+from training.config import JobConfig, Param, TrainConfig, param, params
 
 NO_DATA = "/nonexistent/mnist.npz"  # had a value slipped through as valid, the job still could not start
 EXAMPLES = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -54,15 +54,15 @@ def _outside(kind, low=None, high=None, low_open=False, high_open=False) -> st.S
     return st.one_of(options).map(repr)
 
 
-def _train_field_values(field, typed: bool = True) -> st.SearchStrategy[str]:
-    """Invalid values of a TrainConfig field; typed=False only those of the right type (as `mlflow run`
-    passes them on after checking the MLproject's own int/float types)."""
-    meta, kind = field.metadata, {"int": int, "float": float}.get(field.type)
+def _bad_values(p: Param, typed: bool = True) -> st.SearchStrategy[str]:
+    """Invalid values of a parameter; typed=False only those of the right type (as `mlflow run` passes
+    them on after checking the MLproject's own int/float types)."""
+    meta, kind = p.bounds, {"int": int, "float": float}.get(p.type)
     if "choices" in meta:
         return st.text(min_size=1, max_size=10).filter(lambda t: t not in meta["choices"] and t.strip() == t)
-    if field.type == "bool":
+    if p.type == "bool":
         return st.sampled_from(["maybe", "2", "ja", "truee", "-1"])
-    if field.type == "str":
+    if p.type == "str":
         return st.just("")
     low = meta.get("min", meta.get("ge", meta.get("gt")))
     high = meta.get("max", meta.get("le", meta.get("lt")))
@@ -94,7 +94,7 @@ def _scratch(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists(), "a refused command tracked something"
 
 
-TRAIN_FIELDS = [f for f in parameter_fields() if f.name != "data"]
+TRAIN_FIELDS = [p for p in params(TrainConfig) if p.name != "data"]
 
 
 @pytest.mark.parametrize("command", ["train", "main"])
@@ -102,29 +102,31 @@ TRAIN_FIELDS = [f for f in parameter_fields() if f.name != "data"]
 @EXAMPLES
 @given(data=st.data())
 def test_every_training_flag_refuses_every_bad_value(command, field, data, capsys):
-    value = data.draw(_train_field_values(field))
+    value = data.draw(_bad_values(field))
     _assert_refused([command, "--data", NO_DATA, f"--{field.name.replace('_', '-')}={value}"], field.name, capsys)
 
 
-JOB_FLAGS = [("main", "samples", int), ("evaluate", "samples", int), ("promote", "min_fid_gain", float),
-             ("promote", "max_classes_lost", int), ("main", "max_classes_lost", int)]
+JOB_FLAGS = [("main", "samples"), ("evaluate", "samples"), ("promote", "min_fid_gain"),
+             ("promote", "max_classes_lost"), ("main", "max_classes_lost"), ("main", "model_name"),
+             ("promote", "model_name")]
 
 
-@pytest.mark.parametrize(("command", "name", "kind"), JOB_FLAGS, ids=[f"{c}-{n}" for c, n, _ in JOB_FLAGS])
+@pytest.mark.parametrize(("command", "name"), JOB_FLAGS, ids=[f"{c}-{n}" for c, n in JOB_FLAGS])
 @EXAMPLES
 @given(data=st.data())
-def test_every_job_flag_refuses_every_bad_value(command, name, kind, data, capsys):
-    value = data.draw(st.one_of(_outside(kind, *JOB_LIMITS[name]), _garbage(kind)))
+def test_every_job_flag_refuses_every_bad_value(command, name, data, capsys):
+    value = data.draw(_bad_values(param(JobConfig, name)))
     required = {"main": ["--data", NO_DATA], "evaluate": ["--generator", "g.keras", "--data", NO_DATA],
                 "promote": []}[command]
     _assert_refused([command, *required, f"--{name.replace('_', '-')}={value}"], name, capsys)
 
 
+# The same seed range everywhere a seed is given (training, evaluation, sampling).
 OTHER_FLAGS = [(["evaluate", "--generator", "g.keras", "--data", NO_DATA], "--seed", "seed", int, 0, 2**31 - 1),
                (["promote"], "--version", "version", int, 1, None),
-               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "n", int, 1, 1_000_000),
-               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**63 - 1),
-               (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 16)]
+               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "count", int, 1, 1_000_000),
+               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**31 - 1),
+               (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, None)]
 
 
 @pytest.mark.parametrize(("prefix", "flag", "name", "kind", "low", "high"), OTHER_FLAGS,
@@ -137,9 +139,9 @@ def test_every_other_flag_refuses_every_bad_value(prefix, flag, name, kind, low,
 
 
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
-TRAIN_FIELD = {f.name: f for f in parameter_fields()}
+PARAMS = {p.name: p for p in params(TrainConfig) + params(JobConfig) if p.name != "data"}
 ENTRY_PARAMS = [(entry, name) for entry, spec in MLPROJECT.items() for name in spec.get("parameters", {})
-                if name in TRAIN_FIELD and name != "data" or name in JOB_LIMITS]
+                if name in PARAMS]
 
 
 @pytest.mark.parametrize(("entry", "name"), ENTRY_PARAMS, ids=[f"{e}-{n}" for e, n in ENTRY_PARAMS])
@@ -147,11 +149,7 @@ ENTRY_PARAMS = [(entry, name) for entry, spec in MLPROJECT.items() for name in s
 @given(data=st.data())
 def test_every_mlproject_parameter_refuses_every_bad_value(entry, name, data, capsys):
     spec = MLPROJECT[entry]
-    kind = {"int": int, "float": float}.get(spec["parameters"][name]["type"])
-    if name in JOB_LIMITS:
-        value = data.draw(_outside(kind, *JOB_LIMITS[name]))
-    else:
-        value = data.draw(_train_field_values(TRAIN_FIELD[name], typed=False))
+    value = data.draw(_bad_values(PARAMS[name], typed=False))
     params = {key: param.get("default", "x") for key, param in spec["parameters"].items()}
     params.update({name: value}, **({"data": NO_DATA} if "data" in params else {}))
     command = spec["command"].format(**{key: shlex.quote(str(v)) for key, v in params.items()})
@@ -161,18 +159,13 @@ def test_every_mlproject_parameter_refuses_every_bad_value(entry, name, data, ca
 
 
 PIPELINE_DEFAULTS = pipeline_parameters()
-PIPELINE_PARAMS = [name for name in PIPELINE_DEFAULTS if name in TRAIN_FIELD and name != "data"
-                   or name in JOB_LIMITS]
+PIPELINE_PARAMS = [name for name in PIPELINE_DEFAULTS if name in PARAMS]
 
 
 @pytest.mark.parametrize("name", PIPELINE_PARAMS)
 @EXAMPLES
 @given(data=st.data())
 def test_every_pipeline_parameter_is_refused_at_submit_before_contacting_the_cluster(name, data, capsys):
-    if name in JOB_LIMITS:
-        kind = type(PIPELINE_DEFAULTS[name])
-        value = data.draw(st.one_of(_outside(kind, *JOB_LIMITS[name]), _garbage(kind)))
-    else:
-        value = data.draw(_train_field_values(TRAIN_FIELD[name]))
+    value = data.draw(_bad_values(PARAMS[name]))
     # port 9 (discard) on 127.0.0.1: a submit that got through would fail with exit 1, not 2
     _assert_refused(["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", f"{name}={value}"], name, capsys)

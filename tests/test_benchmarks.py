@@ -15,10 +15,9 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def digits(mnist_path):
-    from training import preprocess
-    from training.data import load_mnist
+    from training.data import load_mnist, to_unit_range
 
-    return preprocess.to_unit_range(load_mnist(str(mnist_path)).x_train[:512])
+    return to_unit_range(load_mnist(str(mnist_path)).x_train[:512])
 
 
 def _weights(model):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import pytest
 
-from training.config import ConfigError, TrainConfig
+from tests.conftest import ROOT
+from training.cli import add_flag
+from training.config import ConfigError, JobConfig, TrainConfig, param, params, parse
 
 BAD_VALUES = [
     ("epochs", 0, "epochs must be in [1, inf]"),
@@ -53,3 +58,60 @@ def test_batch_larger_than_the_chosen_training_images_is_refused():
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown parameter"):
         TrainConfig.from_dict({"epochs": 1, "learning_rte": 0.1})
+
+
+# ---- one file to add a parameter: every entry point derives it from the config or fails naming it ----
+
+def interface_gaps(train=TrainConfig, job=JobConfig) -> list[str]:
+    """What the MLproject, the training component and the pipeline lack or disagree on, one line each."""
+    from components.gan import train_gan
+    from infra.mlproject import render
+    from pipelines.mnist_gan import build
+
+    gaps = [] if (ROOT / "MLproject").read_text() == render(train, job) else [
+        "MLproject differs from training/config.py: run `make mlproject`"]
+    kfp_types = {"int": "Integer", "float": "Float", "str": "String", "bool": "Boolean"}
+    component = train_gan.component_spec.inputs
+    pipeline = build().component_spec.inputs
+    for where, inputs, expected in (
+            ("components/gan.py train_gan", component, [p for p in params(train) if p.name != "data"]),
+            ("pipelines/mnist_gan.py mnist_gan", pipeline, params(train) + params(job))):
+        for p in expected:
+            if p.name not in inputs:
+                gaps.append(f"{where} lacks `{p.name}: {p.type} = {p.default!r}`")
+            elif inputs[p.name].default != p.default or inputs[p.name].type != kfp_types[p.type]:
+                gaps.append(f"{where}: {p.name} is {inputs[p.name].type} = {inputs[p.name].default!r}, "
+                            f"the config says {p.type} = {p.default!r}")
+    return gaps
+
+
+def test_every_entry_point_has_every_parameter_with_the_configs_default():
+    assert interface_gaps() == []
+
+
+def test_a_new_hyperparameter_reaches_the_cli_and_fails_loudly_where_it_is_missing():
+    @dataclasses.dataclass(frozen=True)
+    class WithMomentum(TrainConfig):
+        momentum: float = dataclasses.field(default=0.9, metadata={"help": "a new knob", "ge": 0.0})
+
+    gaps = interface_gaps(WithMomentum)
+    assert gaps[0].startswith("MLproject differs from training/config.py")
+    assert "components/gan.py train_gan lacks `momentum: float = 0.9`" in gaps
+    assert "pipelines/mnist_gan.py mnist_gan lacks `momentum: float = 0.9`" in gaps
+    parser = argparse.ArgumentParser()
+    for p in params(WithMomentum):
+        add_flag(parser, p)
+    assert parser.parse_args(["--momentum", "0.5"]).momentum == 0.5  # the CLI derives its flags
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--momentum", "-1"])
+
+
+def test_text_becomes_a_value_in_one_place():
+    for raw, value in (("true", True), ("Yes", True), ("1", True), ("off", False), ("FALSE", False)):
+        assert parse(param(TrainConfig, "resume"), raw) is value
+    for raw in ("maybe", "", "2", "truee"):
+        with pytest.raises(ConfigError, match="resume must be true or false"):
+            parse(param(TrainConfig, "resume"), raw)
+    assert TrainConfig.from_text({"epochs": "3", "resume": "yes"}).replace() == TrainConfig(epochs=3, resume=True)
+    with pytest.raises(ConfigError, match="min_fid_gain must be in"):
+        JobConfig.from_text({"min_fid_gain": "-1"})

@@ -17,7 +17,9 @@ from mlflow.exceptions import MlflowException
 from tests.conftest import run_cli
 from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, logs, run_args, tracking_stack
 from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
-from training.config import DEFAULT_MODEL_NAME
+from training.config import JobConfig
+
+MODEL_NAME = JobConfig().model_name
 from training.data import file_sha256
 
 pytestmark = pytest.mark.slow
@@ -119,7 +121,7 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
     assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
     assert all(run.info.status == "FINISHED" for run in children.values())
     train = children["train"]
-    champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert champion.tags["training_run_id"] == train.info.run_id
     # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
     assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
@@ -148,12 +150,12 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
 def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):
     pipeline_user, _, _ = pipeline_run
     viewer = stack.create_user("viewer")
-    version = signed_in(stack, monkeypatch, stack.admin).get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version
+    version = signed_in(stack, monkeypatch, stack.admin).get_model_version_by_alias(MODEL_NAME, "champion").version
     client = signed_in(stack, monkeypatch, viewer)
-    assert client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion").version == version  # may read
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version  # may read
     with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
-        client.set_registered_model_alias(DEFAULT_MODEL_NAME, "champion", version)
-    signed_in(stack, monkeypatch, pipeline_user).set_registered_model_alias(DEFAULT_MODEL_NAME, "champion",
+        client.set_registered_model_alias(MODEL_NAME, "champion", version)
+    signed_in(stack, monkeypatch, pipeline_user).set_registered_model_alias(MODEL_NAME, "champion",
                                                                            version)
 
 

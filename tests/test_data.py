@@ -10,8 +10,15 @@ import pytest
 
 from infra.local_stack import s3_server
 from tests.conftest import run_cli
-from training.data import KNOWN_SHA256, DataError, load_mnist, read_npz
-from training.preprocess import epoch_batches, steps_per_epoch, to_unit_range
+from training.data import (
+    KNOWN_SHA256,
+    DataError,
+    epoch_batches,
+    load_mnist,
+    read_npz,
+    steps_per_epoch,
+    to_unit_range,
+)
 
 REAL_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 

@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import TINY, cli_env, run_cli
 from training import checkpoint
 from training.config import TrainConfig
+from training.data import to_unit_range
 from training.loop import NonFiniteLoss, train
-from training.preprocess import to_unit_range
 
 
 def _final_arrays(directory):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipelines.mnist_gan import SECRET_ENV
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tests.kfp_api import KfpApi
 
 TRACKED_TASKS = {"open-mlflow-run", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
@@ -128,18 +128,6 @@ def test_credentials_come_from_the_secret_never_from_parameters(compiled):
     assert not {"MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} & {p.upper() for p in parameters}
 
 
-def test_pipeline_defaults_are_the_mlprojects(compiled):
-    spec, _ = compiled
-    parameters = spec["root"]["inputDefinitions"]["parameters"]
-    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]["parameters"]
-    shared = set(parameters) & set(mlproject)
-    assert shared >= {"preset", "epochs", "batch_size", "learning_rate", "beta_1", "z_dim", "n_iter_d",
-                      "n_iter_g", "real_label", "fake_label", "seed", "data", "samples", "model_name"}
-    for name in shared:
-        assert parameters[name]["defaultValue"] == mlproject[name]["default"], name
-    assert set(parameters) - set(mlproject) == {"min_classes_covered"}
-
-
 def test_submit_posts_the_run_with_auth_namespace_and_experiment(tmp_path):
     api = KfpApi()
     with api.serve() as host:
@@ -187,20 +175,6 @@ def test_submit_to_an_unreachable_host_fails_clearly(tmp_path):
     result = run_cli(["pipeline", "submit", "--host", host], tmp_path, timeout=300)
     assert result.returncode == 1 and f"Kubeflow Pipelines at {host} is unreachable" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_training_component_inputs_have_the_config_defaults():
-    from components.gan import train_gan
-    from training.config import TrainConfig
-
-    inputs = train_gan.component_spec.inputs
-    defaults = TrainConfig().to_dict()
-    for name, spec in inputs.items():
-        if name in ("dataset", "parent_run_id", "checkpoint_root", "resume", "data"):
-            continue
-        assert spec.default == defaults[name], name
-    assert inputs["resume"].default == "false"
-    assert set(defaults) - set(inputs) == {"data"}, "data reaches training as the dataset artifact"
 
 
 CACHE_RUN = """

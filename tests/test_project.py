@@ -1,5 +1,5 @@
-"""The MLflow project: its parameters are TrainConfig's, and `mlflow run .` leaves a complete run,
-against the embedded sqlite default and against a real `mlflow server`."""
+"""The MLflow project: `mlflow run .` leaves a complete run, against the embedded sqlite default and
+against a real `mlflow server` (its parameters are generated from the config: tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,11 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-import yaml
 
 from infra.local_stack import mlflow_server
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
-from training.config import DEFAULT_EVAL_SAMPLES, DEFAULT_MODEL_NAME, parameter_fields
-from training.promotion import PromotionRule
-
-MLFLOW_TYPES = {"int": "int", "float": "float", "str": "string", "bool": "string"}
-
-
-def test_mlproject_parameters_are_the_config_defaults():
-    project = yaml.safe_load((ROOT / "MLproject").read_text())
-    rule = PromotionRule()
-    extras = {"samples": ("int", DEFAULT_EVAL_SAMPLES), "model_name": ("string", DEFAULT_MODEL_NAME),
-              "min_fid_gain": ("float", rule.min_fid_gain), "max_classes_lost": ("int", rule.max_classes_lost)}
-    for entry_point, extra in (("train", {}), ("main", extras)):
-        spec = project["entry_points"][entry_point]
-        parameters = spec["parameters"]
-        assert list(parameters) == [f.name for f in parameter_fields()] + list(extra), entry_point
-        for field in parameter_fields():
-            default = str(field.default).lower() if field.type == "bool" else field.default
-            assert parameters[field.name] == {"type": MLFLOW_TYPES[field.type], "default": default}
-        for name, (kind, default) in extra.items():
-            assert parameters[name] == {"type": kind, "default": default}
-        for name in parameters:
-            assert f"{{{name}}}" in spec["command"], (entry_point, name)
-    assert set(project["entry_points"]) == {"main", "train", "evaluate", "register", "promote", "rollback"}
+from training.config import JobConfig, TrainConfig, names
 
 
 def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path, epochs: int) -> None:
@@ -45,7 +22,7 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["preset"] == "tiny" and params["epochs"] == str(epochs)
-    assert {f.name for f in parameter_fields()} <= set(params)
+    assert set(names(TrainConfig)) <= set(params)
     assert params["backend"] == "tensorflow" and params["compute_precision"] == "float32"
     assert params["accelerator"] == "cpu" and params["version_keras"] == keras.__version__
     assert len(params["data_sha256"]) == 64
@@ -91,7 +68,7 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
     assert tags["training_run_id"] == children["train"].info.run_id
     assert tags["evaluation_run_id"] == children["evaluate"].info.run_id and tags["promoted"] == "true"
     assert "fid" in parent.data.metrics and "reference_fid" in children["evaluate"].data.metrics
-    champion = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, "champion")
+    champion = client.get_model_version_by_alias(JobConfig().model_name, "champion")
     assert str(champion.version) == tags["registered_version"] == "1"
     assert champion.tags["training_run_id"] == children["train"].info.run_id
     assert not leaks([tmp_path, result.stdout, result.stderr], list(secrets.values()))

@@ -1,7 +1,7 @@
 """Sample-quality metrics as pure functions of classifier features and probabilities (NumPy only).
 
-Features are (N, D) float arrays from the evaluator's penultimate layer; probabilities are (N, 10)
-rows of p(y|x). The expensive part (the classifier) lives in `training.evaluator`; here is the math.
+Features are (N, D) float arrays from the MNIST classifier's penultimate layer; probabilities are (N, 10)
+rows of p(y|x). The expensive part (the classifier) lives in `training.classifier`; here is the math.
 """
 
 from __future__ import annotations

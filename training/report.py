@@ -80,7 +80,7 @@ def _histogram_plot(evaluation: Evaluation, target: Path) -> None:
     axis.bar(classes + 0.2, np.array(evaluation.reference_histogram) / ref_total, width=0.4,
              label="real reference")
     axis.set_xticks(classes)
-    axis.set_xlabel("class predicted by the evaluator")
+    axis.set_xlabel("class predicted by the MNIST classifier")
     axis.set_ylabel("share")
     axis.legend()
     fig.tight_layout()

@@ -34,6 +34,12 @@ def _write(path, **arrays):
     return path
 
 
+
+@pytest.fixture(autouse=True)
+def _fresh_process():
+    """Each test loads as a new process would: the per-process memo of load_mnist starts empty."""
+    load_mnist.cache_clear()
+
 def test_real_mnist_loads_with_its_digest(mnist_path):
     mnist = load_mnist(str(mnist_path))
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)
@@ -151,6 +157,7 @@ def test_url_source_is_downloaded_once_and_cached(http_server, tmp_path, monkeyp
     assert load_mnist(url).sha256 == REAL_SHA256
     (cached,) = cache.iterdir()
     (tmp_path / "www" / "mnist.npz").unlink()
+    load_mnist.cache_clear()  # a new process: only the file cache remains
     assert load_mnist(url).sha256 == REAL_SHA256, "the second load reads the cache"
     with pytest.raises(DataError, match=f"{http_server}/other.npz: download failed"):
         load_mnist(f"{http_server}/other.npz")

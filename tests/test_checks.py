@@ -1,0 +1,56 @@
+"""Pre-flight checks run once per command: `main` (five jobs) probes the tracking server once, asks S3
+for the bucket once and reads and validates the data once, against a real MLflow server whose
+artifacts go to a real S3 store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from infra.local_stack import mlflow_server, s3_server
+from tests.conftest import TINY, cli_env
+
+COUNTING_MAIN = """
+import json, sys, urllib.request
+import botocore.session
+from training import cli, data
+
+counts = {"health": 0, "head_bucket": 0, "read_npz": 0}
+urlopen, read_npz = urllib.request.urlopen, data.read_npz
+
+def counting_urlopen(url, *args, **kwargs):
+    counts["health"] += str(getattr(url, "full_url", url)).endswith("/health")
+    return urlopen(url, *args, **kwargs)
+
+def counting_read_npz(*args, **kwargs):
+    counts["read_npz"] += 1
+    return read_npz(*args, **kwargs)
+
+def count_head_bucket(**_):
+    counts["head_bucket"] += 1
+
+urllib.request.urlopen, data.read_npz = counting_urlopen, counting_read_npz
+original_session = botocore.session.get_session
+def session_with_a_counter(*args, **kwargs):
+    session = original_session(*args, **kwargs)
+    session.register("before-call.s3.HeadBucket", count_head_bucket)
+    return session
+botocore.session.get_session = session_with_a_counter
+code = cli.main(sys.argv[1:])
+print("COUNTS", json.dumps(counts))
+sys.exit(code)
+"""
+
+
+def test_main_checks_the_server_the_bucket_and_the_data_once(tmp_path, mnist_path):
+    with s3_server(tmp_path / "s3") as s3_env, mlflow_server(tmp_path / "mlflow", extra_args=(
+            "--default-artifact-root", "s3://mnist-gan/mlflow", "--no-serve-artifacts"), env=s3_env) as uri:
+        env = cli_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_S3_ENDPOINT_URL=s3_env["AWS_ENDPOINT_URL"],
+                      **s3_env)
+        result = subprocess.run(
+            [sys.executable, "-c", COUNTING_MAIN, "main", "--data", str(mnist_path), *TINY, "--epochs", "1",
+             "--samples", "500"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.split("COUNTS ", 1)[1])
+    assert counts == {"health": 1, "head_bucket": 1, "read_npz": 1}, counts

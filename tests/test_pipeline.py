@@ -157,7 +157,7 @@ def test_submit_with_a_cookie_and_a_failing_run(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["-p", "epochs=many"], "epochs must be int"),
+    (["-p", "epochs=many"], "epochs must be an integer"),
     (["-p", "epoch=2"], "unknown pipeline parameter(s): epoch"),
     (["-p", "epochs"], "each -p must be KEY=VALUE"),
 ])

@@ -3,6 +3,7 @@ against a real `mlflow server` (its parameters are generated from the config: te
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,30 @@ def test_training_tracks_to_an_http_tracking_server(tmp_path, mnist_path):
         (run,) = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
         _check_complete_run(client, run.info.run_id, tmp_path, epochs=1)
         assert (tmp_path / "server" / "artifacts").is_dir()
+
+
+def _imported_modules(path: Path) -> list[str]:
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules.append(node.module or "")
+    return modules
+
+
+def test_training_imports_nothing_from_components_or_pipelines():
+    for path in sorted((ROOT / "training").glob("*.py")):
+        outside = [m for m in _imported_modules(path) if m.split(".")[0] in ("components", "pipelines")]
+        assert not outside, f"{path.name} imports {outside}"
+
+
+def test_every_component_makes_one_call_into_the_jobs():
+    tree = ast.parse((ROOT / "components" / "gan.py").read_text())
+    components = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert len(components) == 8
+    for component in components:
+        calls = [node.func.attr for node in ast.walk(component) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                 and node.func.value.id == "jobs"]
+        assert len(calls) == 1, f"{component.name} calls {calls or 'no job'}"

@@ -23,9 +23,9 @@ def test_promotion_into_another_registry(lab, tmp_path):
     out = lab.cli("promote", "--name", name, "--to-registry-uri", prod, "--to-name", "prod-generator").stdout
     assert "copied" in out and "promote prod-generator version 1 to champion" in out, out
     prod_client = mlflow.MlflowClient(prod, registry_uri=prod)
-    champion = prod_client.get_model_version_by_alias("prod-generator", "challenger")
-    assert prod_client.get_model_version_by_alias("prod-generator", "champion").version == champion.version
-    assert champion.tags["copied_from"] == f"{name}/1" and champion.tags["training_run_id"] == lab.trained_run
+    copied = prod_client.get_model_version_by_alias("prod-generator", "challenger")
+    assert prod_client.get_model_version_by_alias("prod-generator", "champion").version == copied.version
+    assert copied.tags["copied_from"] == f"{name}/1" and copied.tags["training_run_id"] == lab.trained_run
     same_registry = lab.cli("promote", "--name", name, "--to-registry-uri", lab.uri, "--to-name",
                             "copy-test").stdout
     assert "copied" in same_registry and champion(lab, "copy-test") == "1"
@@ -60,3 +60,19 @@ def test_a_version_whose_files_were_modified_or_lost_is_refused_and_not_loaded(l
     assert refused.returncode != 0 and "refusing to serve a modified or corrupted model" in refused.stderr
     lab.cli("promote", "--name", name, "--version", "3")
     assert champion(lab, name) == "3"
+
+
+def test_a_version_is_the_logged_model_of_the_run_that_trained_it(lab):
+    name = "lineage-test"
+    lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+            "--evaluation-run-id", lab.trained_eval)
+    version = lab.client.get_model_version(name, "1")
+    assert version.run_id == lab.trained_run and version.source.startswith("models:/m-")
+    model = lab.client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.source_run_id == lab.trained_run and model.name == "generator"
+    assert model.tags["generator_sha256"] == version.tags["generator_sha256"]
+    metrics = {m.key: m for m in model.metrics}
+    evaluated = lab.client.get_run(lab.trained_eval).data.metrics
+    assert metrics["fid"].value == evaluated["fid"] and metrics["fid"].dataset_name == "mnist-test"
+    assert metrics["fid"].run_id == lab.trained_eval, "the evaluation run scored this model"
+    assert metrics["final_g_loss"].dataset_name == "mnist" and metrics["final_g_loss"].run_id == lab.trained_run

@@ -65,21 +65,23 @@ def artifact_store() -> None:
     and the bucket, never a credential."""
     import mlflow
 
-    from training import tracking
-
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    _bucket_reachable(mlflow.get_tracking_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID"), tracking.EXPERIMENT,
-                      endpoint)
+    _bucket_reachable(mlflow.get_tracking_uri(), endpoint)
 
 
 @functools.cache
-def _bucket_reachable(tracking_uri: str, experiment_id: str | None, experiment_name: str,
-                      endpoint: str | None) -> None:
+def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
+    """Keyed by server and endpoint only: a process tracks to one experiment (MLflow sets
+    MLFLOW_EXPERIMENT_ID once it has chosen it, which must not make this check run again)."""
     import boto3
     import botocore.exceptions
     import mlflow
 
-    experiment = mlflow.get_experiment(experiment_id) if experiment_id else mlflow.set_experiment(experiment_name)
+    from training import tracking
+
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    experiment = (mlflow.get_experiment(experiment_id) if experiment_id
+                  else mlflow.set_experiment(tracking.EXPERIMENT))
     location = urllib.parse.urlparse(experiment.artifact_location)
     if location.scheme != "s3":
         return

@@ -1,5 +1,6 @@
 """The MNIST classifier that judges generated digits: its penultimate features and class probabilities
-feed the sample metrics (training/evaluation.py). Trained once per (training-data digest, CLASSIFIER_VERSION) and cached, so two
+feed the sample metrics (training/evaluation.py). Trained once per (training-data digest,
+CLASSIFIER_VERSION) and cached, so two
 evaluations that are compared always use the same weights.
 """
 

@@ -29,7 +29,8 @@ class Evaluation:
     sample_probabilities: np.ndarray = field(repr=False)  # (N, 10)
 
 
-def score(classifier: MnistClassifier, fake: np.ndarray, real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
+def score(classifier: MnistClassifier, fake: np.ndarray,
+          real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
     """Metrics of (N, 28, 28, 1) images in [-1, 1] against the real test features."""
     features, probabilities = classifier.features_and_probabilities(fake)
     kid, kid_stderr = metrics.kernel_inception_distance(real_features, features)
@@ -58,7 +59,8 @@ def evaluate(generator: keras.Model, mnist: Mnist, classifier: MnistClassifier, 
                       probabilities)
 
 
-def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int, seed: int) -> tuple[np.ndarray, dict, list[int]]:
+def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int,
+                   seed: int) -> tuple[np.ndarray, dict, list[int]]:
     """The test split's features (10,000 x 128) and the scores of n real training images against them.
 
     They depend only on the classifier's weights, the data, n and seed, so they are computed once and

@@ -106,7 +106,8 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
         with tempfile.TemporaryDirectory() as tmp:
             generator_file = tracking.log_final(result, Path(tmp))
             model_id = registry.log_generator(generator_file)
-            trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), tracking.run_link(run.info.run_id))
+            link = tracking.run_link(run.info.run_id)
+            trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), link)
             mlflow.log_metrics({f"final_{k}": v for k, v in trained.last_metrics().items()},
                                model_id=model_id, dataset=tracking.training_dataset(mnist, num_images))
             if generator_out:
@@ -158,7 +159,8 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
     return Evaluated(run.info.run_id, result, tracking.run_link(run.info.run_id))
 
 
-def register(training_run_id: str, evaluation_run_id: str, name: str, parent_run_id: str | None = None) -> str:
+def register(training_run_id: str, evaluation_run_id: str, name: str,
+             parent_run_id: str | None = None) -> str:
     """Register the generator the training run logged, with the evaluation run's metrics, as the
     model's `challenger`; returns the version."""
     import mlflow
@@ -175,7 +177,8 @@ def register(training_run_id: str, evaluation_run_id: str, name: str, parent_run
         raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
     model_id = registry.logged_model_id(client, training_run_id)
     if model_id is None:
-        raise registry.RegistryError(f"run {training_run_id} logged no generator model (is it a training run?)")
+        raise registry.RegistryError(f"run {training_run_id} logged no generator model "
+                                     "(is it a training run?)")
     trained = client.get_run(training_run_id).data.params
     tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.get("data_sha256", ""),
             "preset": trained.get("preset", "")}

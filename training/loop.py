@@ -61,7 +61,8 @@ def build_gan(config: TrainConfig) -> Gan:
     widths = PRESET_WIDTHS[config.preset]
     recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label)
     return Gan(build_generator(widths, config.z_dim), build_discriminator(widths),
-               Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed), recipe)
+               Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed),
+               recipe)
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,

@@ -83,7 +83,8 @@ def run_params(config: TrainConfig) -> dict[str, str]:
                   accelerator=backend.accelerator(),
                   compute_precision=backend.resolve_precision(config.precision),
                   python=platform.python_version())
-    params.update({f"version_{name}": version for name, version in backend.installed_versions(PACKAGES).items()})
+    versions = backend.installed_versions(PACKAGES)
+    params.update({f"version_{name}": version for name, version in versions.items()})
     return params
 
 
@@ -147,6 +148,7 @@ def run_link(run_id: str) -> str:
     uri = urllib.parse.urlparse(mlflow.get_tracking_uri())
     if uri.scheme not in ("http", "https"):
         return f"runs:/{run_id}"
-    shown = uri._replace(netloc=uri.hostname + (f":{uri.port}" if uri.port else "")).geturl()  # no credentials
+    # the address without credentials
+    shown = uri._replace(netloc=uri.hostname + (f":{uri.port}" if uri.port else "")).geturl()
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     return f"{shown.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

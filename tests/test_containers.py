@@ -3,6 +3,7 @@ with authentication, and the whole pipeline in containers (kfp.local's DockerRun
 PostgreSQL with artifacts in S3, reached by host names; then a training container killed mid-epoch and
 its task rerun as a KFP retry does. `make test` builds the images first."""
 
+import json
 import shutil
 import threading
 import time
@@ -18,11 +19,10 @@ from tests.conftest import run_cli
 from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, logs, run_args, tracking_stack
 from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import JobConfig
-
-MODEL_NAME = JobConfig().model_name
 from training.data import file_sha256
 
 pytestmark = pytest.mark.slow
+MODEL_NAME = JobConfig().model_name
 TINY = {"preset": "tiny", "train_images": 2048, "batch_size": 64, "log_every": 4}
 RETRY_EPOCHS = 4  # of the training killed after its first epoch
 
@@ -125,6 +125,12 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
     assert champion.tags["training_run_id"] == train.info.run_id
     # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
     assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
+    # the registered version is the model the training run logged, and the KFP artifacts link to MLflow
+    assert champion.run_id == train.info.run_id and champion.source.startswith("models:/m-")
+    (trained_output,) = (work / "root").glob("*/train-gan/executor_output.json")
+    generator = json.loads(trained_output.read_text())["artifacts"]["generator"]["artifacts"][0]["metadata"]
+    assert generator["mlflow_run_id"] == train.info.run_id
+    assert generator["mlflow_run"].endswith(f"/runs/{train.info.run_id}") and "@" not in generator["mlflow_run"]
 
     s3 = boto3.client("s3", endpoint_url=stack.s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=stack.s3_env["AWS_ACCESS_KEY_ID"],

@@ -33,7 +33,8 @@ def test_the_task_graph(compiled):
         "train-gan": {"prepare-data", "open-mlflow-run"},
         "evaluate": {"prepare-data", "open-mlflow-run", "train-gan", "train-classifier"},
         "evaluation-gate": {"evaluate"}, "register": {"open-mlflow-run", "train-gan", "evaluate"},
-        "condition-1": {"evaluation-gate", "open-mlflow-run", "register"}}
+        # promote checks the generator artifact itself, so it also waits on train-gan
+        "condition-1": {"evaluation-gate", "open-mlflow-run", "register", "train-gan"}}
     assert "evaluation-gate-Output" in tasks["condition-1"]["triggerPolicy"]["condition"]
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert list(inner) == ["promote"]

@@ -22,8 +22,8 @@ def _versions(name: str, model_id: str) -> None:
     from training import registry
 
     for fid in (100.0, 50.0, 40.0):
-        registry.register(model_id, name, {}, {"fid": fid, "kid": 0.1, "classifier_score": 5.0, "precision": 0.5,
-                                               "recall": 0.5, "classes_covered": 10.0, "samples": 2000.0})
+        scores = {key: 1.0 for key in registry.EVALUATION_KEYS}
+        registry.register(model_id, name, {}, {**scores, "fid": fid, "classes_covered": 10.0, "samples": 2000.0})
 
 
 def main() -> None:

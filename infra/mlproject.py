@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from training.cli import MAIN_JOB_PARAMS, RULE_PARAMS
 from training.config import JobConfig, Param, TrainConfig, param, params
 
 MLFLOW_TYPES = {"int": "int", "float": "float", "str": "string", "bool": "string"}
@@ -13,15 +14,14 @@ def entry_points(train=TrainConfig, job=JobConfig) -> dict[str, tuple[str, list]
     """Entry point -> (what it does, its parameters); a plain name stands for a required string."""
     return {
         "main": ("prepare data -> train -> evaluate -> register -> promote, nested runs under one parent",
-                 [*params(train), *(param(job, n) for n in ("samples", "model_name", "min_fid_gain",
-                                                            "max_classes_lost"))]),
+                 [*params(train), *(param(job, name) for name in MAIN_JOB_PARAMS)]),
         "train": ("train a GAN", params(train)),
         "evaluate": ("score a generator (run id, runs:/, models:/ or .keras) against MNIST's test split",
                      ["generator", param(train, "data"), param(job, "samples"), param(train, "seed")]),
         "register": ("register a trained generator as the model's challenger",
                      ["training_run_id", "evaluation_run_id", param(job, "model_name")]),
         "promote": ("make the challenger champion if the promotion rule says so",
-                    [param(job, n) for n in ("model_name", "min_fid_gain", "max_classes_lost")]),
+                    [param(job, name) for name in ("model_name", *RULE_PARAMS)]),
         "rollback": ("point champion back at the version it replaced", [param(job, "model_name")]),
     }
 

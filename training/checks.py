@@ -48,7 +48,7 @@ def _answers(uri: str, timeout_s: float = 5.0) -> None:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return
-    shown = parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    shown = without_credentials(uri)
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:
@@ -57,6 +57,12 @@ def _answers(uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(err, "reason", err)
         raise ConfigError(f"MLflow tracking server {shown} is unreachable ({reason}); start it or set "
                           "MLFLOW_TRACKING_URI") from None
+
+
+def without_credentials(uri: str) -> str:
+    """The URI with any user:password@ taken out of its address, fit to print or to store."""
+    parsed = urllib.parse.urlparse(uri)
+    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
 
 
 def artifact_store() -> None:

@@ -70,10 +70,9 @@ def add_flag(parser: argparse.ArgumentParser, p: Param, *aliases: str, default: 
                             metavar=p.type.upper(), help=p.help + shown)
 
 
-def given(args: argparse.Namespace, cls, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+def given(args: argparse.Namespace, cls) -> dict[str, Any]:
     """The parameters of `cls` that were given on the command line."""
-    return {p.name: getattr(args, p.name) for p in params(cls)
-            if (only is None or p.name in only) and getattr(args, p.name, None) is not None}
+    return {p.name: getattr(args, p.name) for p in params(cls) if getattr(args, p.name, None) is not None}
 
 
 @dataclass(frozen=True)
@@ -270,17 +269,17 @@ def commands() -> dict[str, Command]:
     return {**COMMANDS, **extra}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name, command in commands().items():
+    for name, command in (table or commands()).items():
         command.add_arguments(subparsers.add_parser(name, help=command.help))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     table = commands()
-    args = build_parser().parse_args(argv)
+    args = build_parser(table).parse_args(argv)
     command = table[args.command]
     try:
         run = command.prepare(args)

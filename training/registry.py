@@ -97,8 +97,11 @@ def verified_generator(model_dir: Path, expected: str | None) -> Path:
 
 def check_checksum(path: Path, expected: str | None) -> None:
     """Raise ArtifactError unless the file's sha256 is `expected` (None: nothing recorded to check)."""
-    if expected and file_sha256(path) != expected:
-        raise ArtifactError(f"{path}: sha256 {file_sha256(path)} does not match {expected} recorded when it "
+    if not expected:
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ArtifactError(f"{path}: sha256 {actual} does not match {expected} recorded when it "
                             "was logged: the file was modified or corrupted")
 
 

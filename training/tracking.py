@@ -145,10 +145,11 @@ def run_link(run_id: str) -> str:
     """Where a person opens the run: its page on an http(s) tracking server, else runs:/<id>."""
     import urllib.parse
 
-    uri = urllib.parse.urlparse(mlflow.get_tracking_uri())
-    if uri.scheme not in ("http", "https"):
+    from training.checks import without_credentials
+
+    uri = mlflow.get_tracking_uri()
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
         return f"runs:/{run_id}"
-    # the address without credentials
-    shown = uri._replace(netloc=uri.hostname + (f":{uri.port}" if uri.port else "")).geturl()
+    shown = without_credentials(uri)
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     return f"{shown.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -31,8 +31,8 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str,
               metrics: Output[Metrics], preset: str = "seed", train_images: int = 0, epochs: int = 200,
               batch_size: int = 128, learning_rate: float = 0.0002, beta_1: float = 0.5, z_dim: int = 100,
               n_iter_d: int = 1, n_iter_g: int = 5, real_label: float = 0.9, fake_label: float = 0.0,
-              seed: int = 0, max_steps: int = 0, precision: str = "auto", log_every: int = 50,
-              checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
+              seed: int = 0, max_steps: int = 0, precision: str = "auto", devices: int = 1,
+              log_every: int = 50, checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
     """Train the GAN on the dataset, checkpointing under checkpoint_root (storage that outlives the pod);
     returns the MLflow training run id."""
     from training import jobs

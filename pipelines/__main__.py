@@ -14,8 +14,8 @@ from pathlib import Path
 from training.cli import Command, Parser, add_flag, main
 from training.config import ConfigError, Param
 
-GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task (1: there is no data-parallel "
-                  "training yet)", {"min": 1})
+GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task; it trains data-parallel on all "
+                  "of them (JAX image)", {"min": 1, "max": 64})
 
 
 def add_arguments(pipeline: argparse.ArgumentParser) -> None:

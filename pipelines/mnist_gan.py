@@ -27,7 +27,7 @@ class ClusterSettings:
 
     secret_name: str = "mnist-gan-tracking"
     gpu_type: str = "nvidia.com/gpu"
-    gpu_count: int = 1
+    gpu_count: int = 1  # the training task requests these GPUs and trains data-parallel on all of them
     cpu_only: bool = False
     # GPU node pools are usually tainted: the training pod tolerates these taint keys (any value,
     # NoSchedule) and may be pinned to labelled nodes, e.g. (("nvidia.com/gpu.present", "true"),).
@@ -45,9 +45,8 @@ class ClusterSettings:
     retry_backoff: str = "60s"
 
     def __post_init__(self) -> None:
-        if self.gpu_count != 1:
-            raise ConfigError(f"gpu_count must be 1: training uses one GPU (there is no data-parallel "
-                              f"training yet), got {self.gpu_count}")
+        if self.gpu_count < 1 or (self.cpu_only and self.gpu_count != 1):
+            raise ConfigError(f"gpu_count must be at least 1, and 1 with cpu_only (got {self.gpu_count})")
         for name in ("train_cpu", "train_memory", "task_cpu", "task_memory", "workspace_size"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must not be empty")
@@ -80,7 +79,8 @@ def build(settings: ClusterSettings = ClusterSettings()):
                   precision: str = "auto", log_every: int = 50, checkpoint_dir: str = "checkpoints",
                   resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
                   min_fid_gain: float = 0.0, max_classes_lost: int = 0, min_classes_covered: int = 10):
-        # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_pipeline.py holds them).
+        # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_config.py holds them),
+        # but for `devices`: the GPUs the training task requests, a cluster setting.
         hyperparameters = {name: value for name, value in locals().items()
                            if name in names(TrainConfig) and name != "data"}
         # Cacheable: the same data gives the same dataset, and so the same evaluator.
@@ -93,7 +93,7 @@ def build(settings: ClusterSettings = ClusterSettings()):
         train = gan.train_gan(
             dataset=prep.outputs["dataset"], parent_run_id=parent,
             checkpoint_root=CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER,
-            **hyperparameters)
+            devices=settings.gpu_count, **hyperparameters)
         train.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff)
         if settings.checkpoint_pvc:
             kubernetes.mount_pvc(train, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)

@@ -126,7 +126,7 @@ OTHER_FLAGS = [(["evaluate", "--generator", "g.keras", "--data", NO_DATA], "--se
                (["promote"], "--version", "version", int, 1, None),
                (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "count", int, 1, 1_000_000),
                (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**31 - 1),
-               (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, None)]
+               (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 64)]
 
 
 @pytest.mark.parametrize(("prefix", "flag", "name", "kind", "low", "high"), OTHER_FLAGS,

@@ -62,6 +62,9 @@ def test_unknown_keys_are_rejected():
 
 # ---- one file to add a parameter: every entry point derives it from the config or fails naming it ----
 
+CLUSTER_SETTINGS = ("devices",)  # the pipeline takes these from ClusterSettings, not as parameters
+
+
 def interface_gaps(train=TrainConfig, job=JobConfig) -> list[str]:
     """What the MLproject, the training component and the pipeline lack or disagree on, one line each."""
     from components.gan import train_gan
@@ -75,7 +78,8 @@ def interface_gaps(train=TrainConfig, job=JobConfig) -> list[str]:
     pipeline = build().component_spec.inputs
     for where, inputs, expected in (
             ("components/gan.py train_gan", component, [p for p in params(train) if p.name != "data"]),
-            ("pipelines/mnist_gan.py mnist_gan", pipeline, params(train) + params(job))):
+            ("pipelines/mnist_gan.py mnist_gan", pipeline,
+             [p for p in params(train) + params(job) if p.name not in CLUSTER_SETTINGS])):
         for p in expected:
             if p.name not in inputs:
                 gaps.append(f"{where} lacks `{p.name}: {p.type} = {p.default!r}`")

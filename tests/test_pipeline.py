@@ -70,11 +70,16 @@ def test_the_training_task_tolerates_tainted_gpu_nodes_and_selects_them(compiled
     assert not any("tolerations" in e or "nodeSelector" in e for n, e in kubernetes.items() if n != "exec-train-gan")
 
 
-def test_more_than_one_gpu_is_refused_until_training_is_data_parallel(tmp_path):
-    result = run_cli(["pipeline", "compile", "-o", str(tmp_path / "p.yaml"), "--gpu-count", "2"], tmp_path,
-                     timeout=120)
-    assert result.returncode == 2 and "gpu_count must be 1" in result.stderr
-    assert "no data-parallel training" in result.stderr and not (tmp_path / "p.yaml").exists()
+def test_gpu_count_is_both_the_request_and_the_devices_training_uses(tmp_path):
+    spec, _ = _compile(tmp_path, "--gpu-count", "4")
+    resources = spec["deploymentSpec"]["executors"]["exec-train-gan"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "4"
+    devices = spec["root"]["dag"]["tasks"]["train-gan"]["inputs"]["parameters"]["devices"]
+    assert devices["runtimeValue"]["constant"] == 4
+    refused = run_cli(["pipeline", "compile", "-o", str(tmp_path / "p.yaml"), "--gpu-count", "2",
+                       "--cpu-only"], tmp_path, timeout=120)
+    assert refused.returncode == 2 and "gpu_count must be at least 1, and 1 with cpu_only" in refused.stderr
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def _compile(tmp_path, *flags) -> tuple[dict, dict]:

@@ -24,7 +24,8 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 # Parameters that may change between a run and its resumption; any other change is refused.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir"}
+# `devices` among them: a checkpoint holds the state once, whatever the number of devices that wrote it.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir", "devices"}
 
 
 class ConfigError(ValueError):
@@ -112,12 +113,17 @@ class TrainConfig(_Parameters):
     max_steps: int = _param(0, "stop after this many training steps (0 = no limit)", min=0)
     precision: str = _param("auto", "auto = mixed_bfloat16 on a GPU, float32 on a CPU",
                             choices=PRECISIONS)
+    devices: int = _param(1, "local accelerators to train on, data-parallel (JAX backend); each step's "
+                          "batch is split across them, so batch_size must divide evenly", min=1, max=64)
     log_every: int = _param(50, "log step metrics every N training steps", min=1)
     checkpoint_dir: str = _param("checkpoints", "checkpoints go to CHECKPOINT_DIR/<mlflow run id>/")
     resume: bool = _param(False, "continue the run whose checkpoint under checkpoint_dir is newest")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.batch_size % self.devices:
+            raise ConfigError(f"batch_size must be a multiple of devices={self.devices} (got "
+                              f"{self.batch_size}): each device takes an equal share of every batch")
         if self.train_images and self.batch_size > self.train_images:
             raise ConfigError(
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")

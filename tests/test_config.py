@@ -28,6 +28,7 @@ BAD_VALUES = [
     ("max_steps", -1, "max_steps must be in [0, inf]"),
     ("train_images", 70000, "train_images must be in [0, 60000]"),
     ("log_every", 0, "log_every must be in [1, inf]"),
+    ("devices", 0, "devices must be in [1, 64]"),
     ("preset", "huge", "preset must be one of seed, small, tiny"),
     ("precision", "fp8", "precision must be one of auto, float32, mixed_bfloat16"),
     ("data", "", "data must not be empty"),

@@ -13,7 +13,10 @@ from importlib import metadata
 
 import keras
 
+from training.config import ConfigError
+
 SUPPORTED = ("tensorflow", "jax")
+BATCH_AXIS = "batch"  # the one axis of the device mesh: data parallelism only
 
 
 def name() -> str:
@@ -43,12 +46,63 @@ def value_and_grad(fn):
     return with_tape
 
 
-def compile_step(step):
+class DataParallel:
+    """Training on the first `count` local devices (JAX backend): the state and the dataset replicated on
+    each, every batch split across them along its batch axis. jax.jit (GSPMD) then compiles the step
+    for the whole mesh: it computes what the single-device step computes, the gradients averaged over the
+    global batch by an all-reduce. With one device every method is the identity: no extra ops."""
+
+    def __init__(self, count: int = 1):
+        self.count = count
+        self.mesh = None
+        if count == 1:
+            return
+        if name() != "jax":
+            raise ConfigError(f"devices={count} needs the JAX backend (KERAS_BACKEND=jax); "
+                              f"{name()} trains on one device")
+        import jax
+        import numpy as np
+
+        local = jax.local_devices()
+        if count > len(local):
+            raise ConfigError(f"devices={count}, but JAX sees only {len(local)} local device(s) here "
+                              f"({', '.join(sorted({d.device_kind for d in local}))}); "
+                              f"set devices to at most {len(local)}")
+        self.mesh = jax.sharding.Mesh(np.array(local[:count]), (BATCH_AXIS,))
+
+    def replicate(self, tree):
+        """A copy of a nest of arrays on every device of the mesh."""
+        if self.mesh is None:
+            return tree
+        import jax
+
+        return jax.device_put(tree, self.sharding())
+
+    def split_batch(self, tree):
+        """Inside the compiled step: arrays (n, B, ...), n stacked updates of batch B, each split
+        across the devices along B (each holds (n, B / count, ...))."""
+        if self.mesh is None:
+            return tree
+        import jax
+
+        return jax.lax.with_sharding_constraint(tree, self.sharding(None, BATCH_AXIS))
+
+    def sharding(self, *spec):
+        """Arrays laid out over the mesh as PartitionSpec(*spec) says; no spec: replicated."""
+        import jax
+
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def compile_step(step, parallel: DataParallel | None = None):
     """Compile step(state, *inputs) -> (state, metrics) once: jax.jit (donating the state) or
-    tf.function, with XLA where `use_xla()` says so."""
+    tf.function, with XLA where `use_xla()` says so. Over several devices, the new state and the
+    metrics come back replicated, like the state that went in."""
     if name() == "jax":
         import jax
 
+        if parallel is not None and parallel.mesh is not None:
+            return jax.jit(step, donate_argnums=0, out_shardings=parallel.sharding())
         return jax.jit(step, donate_argnums=0)
     import tensorflow as tf
 
@@ -76,11 +130,13 @@ def accelerator() -> str:
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
-def device_description() -> str:
+def device_description(devices: int = 1) -> str:
+    """What training runs on: the device kind, with the count when it trains on several."""
     if name() == "jax":
         import jax
 
-        return ", ".join(sorted({d.device_kind for d in jax.devices()}))
+        kinds = ", ".join(sorted({d.device_kind for d in jax.local_devices()[:devices]}))
+        return kinds if devices == 1 else f"{devices} x {kinds}"
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

@@ -18,7 +18,12 @@ from training.data import check_readable
 
 @functools.cache
 def training(config: TrainConfig) -> None:
-    """Readable data, and when resuming, a checkpoint trained with the same parameters."""
+    """Several devices only on JAX, readable data, and when resuming, a checkpoint trained with the same
+    parameters. (Whether JAX sees that many devices is known only once it is imported: the loop checks.)"""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if config.devices > 1 and backend != "jax":
+        raise ConfigError(f"devices={config.devices} needs the JAX backend (KERAS_BACKEND=jax); "
+                          f"KERAS_BACKEND={backend} trains on one device")
     check_readable(config.data)
     if not config.resume:
         return

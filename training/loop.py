@@ -54,15 +54,17 @@ class TrainResult:
 
 
 def build_gan(config: TrainConfig) -> Gan:
-    """Fresh, seeded G and D for the config's preset and precision (policy set before building)."""
+    """Fresh, seeded G and D for the config's preset and precision (policy set before building), on
+    the config's devices."""
     backend.check_supported()
+    parallel = backend.DataParallel(config.devices)  # before anything heavy: it may refuse the count
     keras.config.set_dtype_policy(backend.resolve_precision(config.precision))
     backend.make_deterministic(config.seed)
     widths = PRESET_WIDTHS[config.preset]
     recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label)
     return Gan(build_generator(widths, config.z_dim), build_discriminator(widths),
                Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed),
-               recipe)
+               recipe, parallel)
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,
@@ -72,15 +74,15 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
     Checkpoints (and sample grids) go to `checkpoint_dir`, by default config.checkpoint_dir itself.
     """
     gan = build_gan(config)
-    step_fn = backend.compile_step(gan.train_step)
+    step_fn = backend.compile_step(gan.train_step, gan.parallel)
     checkpoint_dir = checkpoint_dir or Path(config.checkpoint_dir)
     grid_dir = checkpoint_dir / "grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
     progress = _Progress(config, checkpoint_dir, len(train_images), gan.initial_state())
     if config.resume:
         progress.restore(checkpoint_dir)
-    state = progress.state
-    device_images = keras.ops.convert_to_tensor(train_images)
+    state = gan.parallel.replicate(progress.state)
+    device_images = gan.parallel.replicate(keras.ops.convert_to_tensor(train_images))
     z_grid = latents(GRID_SAMPLES, config.z_dim, seed=(config.seed, 2**31))  # the same points all run
     steps = steps_per_epoch(len(train_images), config.batch_size, config.n_iter_d)
 

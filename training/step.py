@@ -6,7 +6,8 @@ One training step = n_iter_d discriminator updates, then n_iter_g generator upda
     G step:  minimise BCE(1, D(G(z))) over G's weights, D frozen (the non-saturating generator loss)
 
 with z ~ U(-1, 1). The fakes of a D step come from G in inference mode, as the post's `G.predict`.
-Only `value_and_grad` and `compile_step` (in `training.backend`) differ between TensorFlow and JAX.
+Only `value_and_grad` and `compile_step` (in `training.backend`) differ between TensorFlow and JAX;
+over several devices (`backend.DataParallel`) the step marks where its batch splits, and nothing else.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ class LatentSampler:
 class Gan:
     """Holds G, D, the optimizer rule and the recipe; the state itself travels as a dict of tensors."""
 
-    def __init__(self, generator, discriminator, optimizer: Adam, sampler, recipe: Recipe):
+    def __init__(self, generator, discriminator, optimizer: Adam, sampler, recipe: Recipe,
+                 parallel: backend.DataParallel | None = None):
         self.generator, self.discriminator = generator, discriminator
         self.optimizer, self.sampler, self.recipe = optimizer, sampler, recipe
+        self.parallel = parallel or backend.DataParallel()
 
     def variables(self) -> dict[str, list]:
         """The Keras variables behind the model part of the state."""
@@ -141,12 +144,14 @@ class Gan:
     def train_step(self, state, images, batch_indices):
         """One training step on a device-resident dataset.
 
-        images: (N, 28, 28, 1) in [-1, 1]; batch_indices: (n_iter_d, B) int32 rows of `images`.
+        images: (N, 28, 28, 1) in [-1, 1]; batch_indices: (n_iter_d, B) int32 rows of `images`. B is the
+        global batch: with several devices, each computes on its share of it.
         """
         real = ops.take(images, batch_indices, axis=0)
         n_iter_d, batch = batch_indices.shape
         z_d, noise = self.sampler.sample(state["noise"][0], (n_iter_d, batch))
         z_g, noise = self.sampler.sample(noise, (self.recipe.n_iter_g, batch))
+        real, z_d, z_g = self.parallel.split_batch((real, z_d, z_g))
         return self.update({**state, "noise": [noise]}, real, z_d, z_g)
 
 

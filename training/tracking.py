@@ -79,7 +79,7 @@ def run_params(config: TrainConfig) -> dict[str, str]:
 
     params = {name: str(value).lower() if isinstance(value, bool) else str(value)
               for name, value in config.to_dict().items()}
-    params.update(backend=backend.name(), device=backend.device_description(),
+    params.update(backend=backend.name(), device=backend.device_description(config.devices),
                   accelerator=backend.accelerator(),
                   compute_precision=backend.resolve_precision(config.precision),
                   python=platform.python_version())

@@ -4,6 +4,8 @@ The training component's hyperparameters are TrainConfig's, with its defaults (t
 holds them to it); its body hands them over in one call.
 """
 
+from typing import NamedTuple, Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -47,6 +49,49 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str,
     generator.metadata.update({"mlflow_run_id": trained.run_id, "mlflow_model_id": trained.model_id,
                                "mlflow_run": trained.link})
     return trained.run_id
+
+
+@dsl.component(base_image=GPU_IMAGE)
+def train_and_evaluate_trial(
+        dataset: Input[Dataset], classifier: Input[Model], parent_run_id: str, checkpoint_root: str,
+        trial: str, samples: int, preset: str = "seed", train_images: int = 0, epochs: int = 200,
+        batch_size: int = 128, learning_rate: float = 0.0002, beta_1: float = 0.5, z_dim: int = 100,
+        n_iter_d: int = 1, n_iter_g: int = 5, real_label: float = 0.9, fake_label: float = 0.0, seed: int = 0,
+        max_steps: int = 0, precision: str = "auto", devices: int = 1, log_every: int = 50,
+        checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
+    """One trial of a sweep (`trial`: its values as JSON, over these): train, then evaluate; returns the
+    outcome as JSON. A trial that fails is an outcome too, so the sweep goes on without it."""
+    from training import jobs
+    from training.config import TrainConfig
+    from training.sweep import Trial
+
+    base = TrainConfig.pick({**locals(), "data": dataset.path})
+    outcome = jobs.run_trial(Trial.from_json(trial), base, samples, parent_run_id, checkpoint_root,
+                             classifier_dir=classifier.path)
+    print(f"trial {outcome.trial.index}: {outcome.status} {outcome.error}")
+    return outcome.to_json()
+
+
+@dsl.component(base_image=IMAGE)
+def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, parent_run_id: str = "",
+                outcomes: Optional[list] = None,  # noqa: UP045 (kfp reads Optional, not `| None`)
+                ) -> NamedTuple("Winner", training_run_id=str, evaluation_run_id=str):
+    """Rank the sweep's trials by the promotion rule (the ranking goes onto the parent run); returns
+    the winner's runs. Fails when every trial failed. It runs even when a trial's task failed, so its
+    inputs from other tasks have defaults (Kubeflow's rule for such tasks)."""
+    from collections import namedtuple
+
+    from training import jobs
+    from training.promotion import PromotionRule
+    from training.sweep import Outcome, Trial
+
+    ranking = jobs.rank_trials(parent_run_id, [Trial.from_json(t) for t in trials],
+                               [Outcome.from_json(o) for o in outcomes or []],
+                               PromotionRule(min_fid_gain, max_classes_lost))
+    winner = ranking.winner
+    print(f"sweep: trial {winner.trial.index} of {len(trials)} wins (run {winner.training_run_id})")
+    return namedtuple("Winner", "training_run_id evaluation_run_id")(winner.training_run_id,
+                                                                      winner.evaluation_run_id)
 
 
 @dsl.component(base_image=IMAGE)
@@ -93,10 +138,11 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
 
 
 @dsl.component(base_image=IMAGE)
-def promote(parent_run_id: str, generator: Input[Model], model_name: str, version: str, min_fid_gain: float,
-            max_classes_lost: int) -> str:
+def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float, max_classes_lost: int,
+            generator: Input[Model] = None) -> str:
     """Move `champion` to this run's version (not whatever `challenger` points at by now, which a
-    concurrent run may have moved) if the promotion rule says so; returns the decision as JSON."""
+    concurrent run may have moved) if the promotion rule says so; returns the decision as JSON. The
+    `generator` artifact, when given, is checked in place; otherwise the version's files are."""
     import json
 
     from training import jobs
@@ -104,6 +150,6 @@ def promote(parent_run_id: str, generator: Input[Model], model_name: str, versio
 
     rule = PromotionRule(min_fid_gain, max_classes_lost)
     decision = jobs.promote(model_name, rule, parent_run_id=parent_run_id, version=version,
-                            generator_file=f"{generator.path}/generator.keras").decision
+                            generator_file=generator and f"{generator.path}/generator.keras").decision
     return json.dumps({"promoted": decision.promote, "reason": decision.reason,
                        "version": decision.challenger})

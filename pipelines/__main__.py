@@ -11,11 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from training.cli import Command, Parser, add_flag, main
+from training.cli import Command, Parser, add_flag, add_sweep_flags, main
 from training.config import ConfigError, Param
 
 GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task; it trains data-parallel on all "
                   "of them (JAX image)", {"min": 1, "max": 64})
+PARALLELISM = Param("parallelism", "int", 4, "a sweep's trials that run at once", {"min": 1, "max": 1000})
 
 
 def add_arguments(pipeline: argparse.ArgumentParser) -> None:
@@ -34,12 +35,15 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
                               "pipeline run's workspace, kept for retries)")
     cluster.add_argument("--secret", default="mnist-gan-tracking",
                          help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see README)")
+    add_sweep_flags(cluster, "--sweep")
+    add_flag(cluster, PARALLELISM, default=PARALLELISM.default)
     arguments = Parser(add_help=False)
     arguments.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                            help="pipeline parameter (repeatable), e.g. -p epochs=2")
     compile_ = actions.add_parser("compile", parents=[cluster], help="write the pipeline YAML")
     compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
     local = actions.add_parser("run-local", parents=[arguments], help="run every task here (kfp.local)")
+    add_sweep_flags(local, "--sweep")
     local.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"))
     local.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                        help="tasks as processes here, or in the component image (Docker or podman)")
@@ -60,8 +64,14 @@ def prepare(args: argparse.Namespace):
     """Check every argument (cluster settings, pipeline parameters) before Kubeflow is contacted."""
     from pipelines import runner
     from pipelines.mnist_gan import ClusterSettings
+    from training import sweep
+    from training.config import TrainConfig
 
     settings = None
+    arguments = {} if args.action == "compile" else runner.check_arguments(
+        _pairs(args.param, "=", "each -p must be KEY=VALUE", empty_value=True))
+    sweeping = args.spec is not None or args.axes
+    trials = sweep.load(args.spec, args.axes, TrainConfig.pick(arguments)) if sweeping else None
     if args.action in ("compile", "submit"):
         selector = _pairs(args.gpu_node_selector, "=", "each --gpu-node-selector must be LABEL=VALUE")
         tolerations = ClusterSettings.gpu_tolerations if args.gpu_toleration is None else args.gpu_toleration
@@ -69,18 +79,17 @@ def prepare(args: argparse.Namespace):
                                    gpu_count=args.gpu_count, cpu_only=args.cpu_only,
                                    gpu_tolerations=tuple(tolerations),
                                    gpu_node_selector=tuple(selector.items()),
-                                   checkpoint_pvc=args.checkpoint_pvc)
+                                   checkpoint_pvc=args.checkpoint_pvc, sweep_parallelism=args.parallelism)
     if args.action == "compile":
-        return lambda: f"pipeline: wrote {runner.compile_pipeline(args.output, settings)}"
-    arguments = runner.check_arguments(_pairs(args.param, "=", "each -p must be KEY=VALUE", empty_value=True))
+        return lambda: f"pipeline: wrote {runner.compile_pipeline(args.output, settings, trials)}"
     if args.action == "run-local":
         hosts = _pairs(args.add_host, ":", "each --add-host must be NAME:IP")
-        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, hosts, args.network)
+        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, hosts, args.network, trials)
 
     def submit():
         token = args.token or os.environ.get("KF_PIPELINES_TOKEN")
         run_id, url = runner.submit(args.host, arguments, settings, args.namespace, args.experiment,
-                                    args.run_name, token, args.cookie, args.wait)
+                                    args.run_name, token, args.cookie, args.wait, trials=trials)
         return f"pipeline: submitted run {run_id}: {url}"
 
     return submit

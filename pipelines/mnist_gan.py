@@ -1,5 +1,6 @@
 """prepare data -> open the MLflow run -> train (GPU) + evaluator -> evaluate -> register -> promote
-(behind the evaluation gate).
+(behind the evaluation gate); as a sweep, the trials (train + evaluate, on GPUs) fan out in parallel and
+their ranked winner is registered and promoted.
 
 Cluster settings are compile-time arguments of `build`; MLflow and S3 credentials reach the tasks
 from a Kubernetes secret as environment variables, never as pipeline parameters.
@@ -43,10 +44,13 @@ class ClusterSettings:
     workspace_size: str = "20Gi"
     retries: int = 2
     retry_backoff: str = "60s"
+    sweep_parallelism: int = 4  # a sweep's trials that train at once (each on gpu_count GPUs)
 
     def __post_init__(self) -> None:
         if self.gpu_count < 1 or (self.cpu_only and self.gpu_count != 1):
             raise ConfigError(f"gpu_count must be at least 1, and 1 with cpu_only (got {self.gpu_count})")
+        if self.sweep_parallelism < 1:
+            raise ConfigError(f"sweep_parallelism must be at least 1 (got {self.sweep_parallelism})")
         for name in ("train_cpu", "train_memory", "task_cpu", "task_memory", "workspace_size"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must not be empty")
@@ -66,11 +70,26 @@ def _place_on_gpu_nodes(task, settings: ClusterSettings) -> None:
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
 
 
-def build(settings: ClusterSettings = ClusterSettings()):
-    """The pipeline function for these cluster settings."""
+def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = None):
+    """The pipeline function for these cluster settings: one training, or with `trials` (a sweep's,
+    training/sweep.py) a sweep whose trials fan out under a ParallelFor and whose ranked winner goes on
+    to the same register -> gate -> promote."""
     workspace = None if settings.checkpoint_pvc else dsl.WorkspaceConfig(size=settings.workspace_size)
+    checkpoint_root = CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER
 
-    @dsl.pipeline(name="mnist-gan", description="Train, evaluate, register and promote the MNIST GAN.",
+    def as_training_task(task):
+        task.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff)
+        if settings.checkpoint_pvc:
+            kubernetes.mount_pvc(task, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        if settings.cpu_only:
+            task.set_container_image(gan.IMAGE)
+        else:
+            _place_on_gpu_nodes(task, settings)
+        _limit_resources(task, settings.train_cpu, settings.train_memory)
+        return task
+
+    @dsl.pipeline(name="mnist-gan-sweep" if trials else "mnist-gan",
+                  description="Train, evaluate, register and promote the MNIST GAN.",
                   pipeline_config=dsl.PipelineConfig(workspace=workspace))
     def mnist_gan(data: str = DEFAULT_DATA_URL, train_images: int = 0, preset: str = "seed",
                   epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
@@ -90,34 +109,38 @@ def build(settings: ClusterSettings = ClusterSettings()):
         opened = gan.open_mlflow_run(data=data, dataset=prep.outputs["dataset"],
                                      kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         parent = opened.output
-        train = gan.train_gan(
-            dataset=prep.outputs["dataset"], parent_run_id=parent,
-            checkpoint_root=CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER,
-            devices=settings.gpu_count, **hyperparameters)
-        train.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff)
-        if settings.checkpoint_pvc:
-            kubernetes.mount_pvc(train, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
-        if settings.cpu_only:
-            train.set_container_image(gan.IMAGE)
+        training = dict(dataset=prep.outputs["dataset"], parent_run_id=parent, checkpoint_root=checkpoint_root,
+                        devices=settings.gpu_count, **hyperparameters)
+        if trials:
+            specs = [trial.to_json() for trial in trials]
+            with dsl.ParallelFor(items=specs, parallelism=settings.sweep_parallelism) as trial:
+                tried = as_training_task(gan.train_and_evaluate_trial(
+                    classifier=classifier.outputs["classifier"], trial=trial, samples=samples, **training))
+            ranked = gan.rank_trials(parent_run_id=parent, trials=specs, outcomes=dsl.Collected(tried.output),
+                                     min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
+            ranked.ignore_upstream_failure()  # a trial whose pod died is ranked as failed
+            tracked = [opened, tried, ranked]
+            training_run, evaluation_run = ranked.outputs["training_run_id"], ranked.outputs["evaluation_run_id"]
+            generator = {}  # promote checks the registered files themselves
         else:
-            _place_on_gpu_nodes(train, settings)
-        scored = gan.evaluate(
-            dataset=prep.outputs["dataset"], generator=train.outputs["generator"],
-            classifier=classifier.outputs["classifier"], parent_run_id=parent,
-            training_run_id=train.outputs["Output"], samples=samples)
-        registered = gan.register(parent_run_id=parent, training_run_id=train.outputs["Output"],
-                                  evaluation_run_id=scored.outputs["Output"], model_name=model_name)
-        gate = gan.evaluation_gate(evaluation_run_id=scored.outputs["Output"],
-                                   min_classes_covered=min_classes_covered)
-        tracked = [opened, train, scored, registered, gate]
+            train = as_training_task(gan.train_gan(**training))
+            scored = gan.evaluate(
+                dataset=prep.outputs["dataset"], generator=train.outputs["generator"],
+                classifier=classifier.outputs["classifier"], parent_run_id=parent,
+                training_run_id=train.outputs["Output"], samples=samples)
+            tracked = [opened, train, scored]
+            training_run, evaluation_run = train.outputs["Output"], scored.outputs["Output"]
+            generator = {"generator": train.outputs["generator"]}
+        registered = gan.register(parent_run_id=parent, training_run_id=training_run,
+                                  evaluation_run_id=evaluation_run, model_name=model_name)
+        gate = gan.evaluation_gate(evaluation_run_id=evaluation_run, min_classes_covered=min_classes_covered)
+        tracked += [registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
-            promoted = gan.promote(parent_run_id=parent, generator=train.outputs["generator"],
-                                   model_name=model_name, version=registered.output,
-                                   min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
+            promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
+                                   min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost, **generator)
             tracked.append(promoted)
-        _limit_resources(train, settings.train_cpu, settings.train_memory)
         for task in [prep, classifier, *tracked]:
-            if task is not train:
+            if task is not tracked[1]:  # the training task (or trial) has its own resources
                 _limit_resources(task, settings.task_cpu, settings.task_memory)
         for task in tracked:
             task.set_caching_options(enable_caching=False)
@@ -127,7 +150,7 @@ def build(settings: ClusterSettings = ClusterSettings()):
     return mnist_gan
 
 
-def compile_to(path: str, settings: ClusterSettings = ClusterSettings()) -> None:
+def compile_to(path: str, settings: ClusterSettings = ClusterSettings(), trials: list | None = None) -> None:
     from kfp import compiler
 
-    compiler.Compiler().compile(build(settings), package_path=path)
+    compiler.Compiler().compile(build(settings, trials), package_path=path)

@@ -30,14 +30,15 @@ def check_arguments(arguments: dict[str, str]) -> dict:
     return typed
 
 
-def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
+def compile_pipeline(output: Path, settings: ClusterSettings, trials: list | None = None) -> Path:
+    """The pipeline YAML, a sweep's when `trials` (training/sweep.py) are given."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_to(str(output), settings)
+    compile_to(str(output), settings, trials)
     return output
 
 
 def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
-              hosts: dict[str, str] | None = None, network: str = "host") -> None:
+              hosts: dict[str, str] | None = None, network: str = "host", trials: list | None = None) -> None:
     """The whole pipeline on this machine (kfp.local): each task as a process in this Python environment
     (runner "subprocess"), or in the component image (runner "docker": Docker, or podman through its
     Docker-compatible socket in DOCKER_HOST), on `network` with `hosts` (name -> IP) in /etc/hosts.
@@ -60,7 +61,7 @@ def run_local(arguments: dict, pipeline_root: Path, runner: str = "subprocess",
     _show_cache_hits()
     # CPU, memory and GPU requests are the cluster's business; kfp.local warns that it ignores them.
     warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
-    build(ClusterSettings(cpu_only=True, retry_backoff="5s"))(**arguments)
+    build(ClusterSettings(cpu_only=True, retry_backoff="5s"), trials)(**arguments)
 
 
 def _show_cache_hits() -> None:
@@ -112,7 +113,8 @@ def _visible_to_containers(data: str, pipeline_root: Path) -> str:
 
 def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str | None = None,
            experiment: str = "mnist-gan", run_name: str | None = None, token: str | None = None,
-           cookie: str | None = None, wait: bool = False, timeout_s: int = 24 * 3600) -> tuple[str, str]:
+           cookie: str | None = None, wait: bool = False, timeout_s: int = 24 * 3600,
+           trials: list | None = None) -> tuple[str, str]:
     """Submit a freshly compiled pipeline; returns (run id, run URL). With wait, raises on failure."""
     import tempfile
 
@@ -124,7 +126,7 @@ def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str
         client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token,
                             cookies=cookie)
         with tempfile.TemporaryDirectory() as tmp:
-            package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings)
+            package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings, trials)
             run = client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
                 run_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")

@@ -68,17 +68,19 @@ CLUSTER_SETTINGS = ("devices",)  # the pipeline takes these from ClusterSettings
 
 def interface_gaps(train=TrainConfig, job=JobConfig) -> list[str]:
     """What the MLproject, the training component and the pipeline lack or disagree on, one line each."""
-    from components.gan import train_gan
+    from components.gan import train_and_evaluate_trial, train_gan
     from infra.mlproject import render
     from pipelines.mnist_gan import build
 
     gaps = [] if (ROOT / "MLproject").read_text() == render(train, job) else [
         "MLproject differs from training/config.py: run `make mlproject`"]
     kfp_types = {"int": "Integer", "float": "Float", "str": "String", "bool": "Boolean"}
-    component = train_gan.component_spec.inputs
     pipeline = build().component_spec.inputs
+    trained = [p for p in params(train) if p.name != "data"]
     for where, inputs, expected in (
-            ("components/gan.py train_gan", component, [p for p in params(train) if p.name != "data"]),
+            ("components/gan.py train_gan", train_gan.component_spec.inputs, trained),
+            ("components/gan.py train_and_evaluate_trial", train_and_evaluate_trial.component_spec.inputs,
+             trained),
             ("pipelines/mnist_gan.py mnist_gan", pipeline,
              [p for p in params(train) + params(job) if p.name not in CLUSTER_SETTINGS])):
         for p in expected:
@@ -102,6 +104,7 @@ def test_a_new_hyperparameter_reaches_the_cli_and_fails_loudly_where_it_is_missi
     gaps = interface_gaps(WithMomentum)
     assert gaps[0].startswith("MLproject differs from training/config.py")
     assert "components/gan.py train_gan lacks `momentum: float = 0.9`" in gaps
+    assert "components/gan.py train_and_evaluate_trial lacks `momentum: float = 0.9`" in gaps
     assert "pipelines/mnist_gan.py mnist_gan lacks `momentum: float = 0.9`" in gaps
     parser = argparse.ArgumentParser()
     for p in params(WithMomentum):

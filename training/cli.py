@@ -32,7 +32,9 @@ EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
 COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": MAX_SAMPLES})
 VERSION = Param("version", "int", None, "the version to promote (default: the one aliased challenger)",
                 {"min": 1})
+WORKERS = Param("workers", "int", 1, "trials trained at once, each in its own process", {"min": 1, "max": 64})
 MAIN_JOB_PARAMS = ("samples", "model_name", "min_fid_gain", "max_classes_lost")
+SWEEP_JOB_PARAMS = (*MAIN_JOB_PARAMS, "min_classes_covered")
 RULE_PARAMS = ("min_fid_gain", "max_classes_lost")
 
 
@@ -101,6 +103,21 @@ def _main_flags(parser):
     _job_flags(parser, MAIN_JOB_PARAMS)
 
 
+def add_sweep_flags(parser, spec_flag: str = "--spec"):
+    """SPEC and -s axes: the sweep's trials (training/sweep.py says what SPEC may hold)."""
+    parser.add_argument(spec_flag, dest="spec", default=None, metavar="SPEC",
+                        help="YAML/JSON file or text: a grid {name: [values]} or a list of trials")
+    parser.add_argument("-s", "--set", dest="axes", action="append", default=[], metavar="NAME=V1,V2",
+                        help="one more grid axis (repeatable), e.g. -s seed=0,1,2")
+
+
+def _sweep_flags(parser):
+    add_sweep_flags(parser)
+    add_flag(parser, WORKERS, default=WORKERS.default)
+    _train_flags(parser)
+    _job_flags(parser, SWEEP_JOB_PARAMS)
+
+
 def _evaluate_flags(parser):
     parser.add_argument("--generator", required=True,
                         help="a training run id, runs:/<id>, models:/<name>@<alias> or a .keras file")
@@ -152,6 +169,21 @@ def _main(args):
     config, job = TrainConfig.from_dict(given(args, TrainConfig)), _job(args)
     checks.training(config)
     return lambda: jobs.main(config, job)
+
+
+def _sweep(args):
+    from training import jobs, sweep
+
+    base, job = TrainConfig.from_dict(given(args, TrainConfig)), _job(args)
+    trials = sweep.load(args.spec, args.axes, base)
+    checks.training(base)
+
+    def progress(outcome) -> None:
+        what = ", ".join(f"{k}={v}" for k, v in outcome.trial.values.items())
+        done = f"run {outcome.training_run_id}" if outcome.status == "finished" else outcome.error
+        print(f"sweep: trial {outcome.trial.index}/{len(trials)} ({what}) {outcome.status}: {done}", flush=True)
+
+    return lambda: jobs.sweep(trials, base, job, args.workers, on_outcome=progress)
 
 
 def _evaluate(args):
@@ -233,6 +265,30 @@ def _main_lines(done) -> list[str]:
             f"main: run {done.run_id} done"]
 
 
+def _sweep_lines(done) -> list[str]:
+    columns = [k for k in done.ranking.rows[0] if k not in ("training_run_id", "error", "winner")]
+    table = [columns] + [[_cell(row[k]) for k in columns] for row in done.ranking.rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["sweep: " + "  ".join(cell.rjust(width) for cell, width in zip(line, widths)).rstrip()
+             + ("  <- winner" if i and done.ranking.rows[i - 1]["winner"] else "")
+             for i, line in enumerate(table)]
+    winner = done.ranking.winner
+    lines += [f"sweep: trial {winner.trial.index} wins (run {winner.training_run_id})",
+              registered_line(done.model_name, done.version)]
+    if done.promoted:
+        lines += promoted_lines(done.promoted)
+    else:
+        lines.append("promote: the winner did not pass the evaluation gate (min_classes_covered); "
+                     "the champion stays")
+    return [*lines, f"sweep: run {done.run_id} done; the ranking is in its artifacts under sweep/"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _rollback_lines(done) -> list[str]:
     name, demoted, restored = done
     return [f"rollback: {name} champion moved from version {demoted} back to {restored}"]
@@ -250,6 +306,8 @@ def _model_name_flag(parser):
 COMMANDS: dict[str, Command] = {
     "train": Command("train a GAN, tracked in MLflow", _train_flags, _train, lambda t: [trained_line(t)]),
     "main": Command("train, evaluate, register, promote", _main_flags, _main, _main_lines),
+    "sweep": Command("train several trials, rank them, register and promote the best", _sweep_flags, _sweep,
+                     _sweep_lines),
     "evaluate": Command("score a generator's samples against MNIST's test split", _evaluate_flags, _evaluate,
                         lambda e: [evaluated_line(e)]),
     "register": Command("register a trained generator as 'challenger'", _register_flags, _register,

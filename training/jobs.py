@@ -66,13 +66,15 @@ class MainResult:
 
 
 def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root: str | None = None,
-          generator_out: str | None = None) -> Trained:
+          generator_out: str | None = None, trial: int | None = None) -> Trained:
     """Train inside an MLflow run (re-opened when resuming). A pipeline task gives `checkpoint_root`,
     storage that outlives its pod, and finds its own checkpoint there when retried
-    (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the generator file."""
+    (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the generator file. A sweep's
+    trial names its run `trial-<n>` and tags it `sweep_trial`."""
     if checkpoint_root is not None:
-        own_dir, resume = checkpoint.pipeline_run_dir(Path(checkpoint_root) / config.checkpoint_dir,
-                                                      parent_run_id or "local", config.resume)
+        own_dir, resume = checkpoint.pipeline_run_dir(
+            Path(checkpoint_root) / config.checkpoint_dir,
+            (parent_run_id or "local") + (f"-trial-{trial}" if trial else ""), config.resume)
         config = config.replace(checkpoint_dir=str(own_dir), resume=resume)
     checks.training(config)
     import mlflow
@@ -93,8 +95,11 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
     attached = os.environ.get("MLFLOW_RUN_ID") and not parent_run_id  # inside `mlflow run`
     resume_run_id = None if attached else manifest.get("run_id")
-    with tracking.start_run("train", parent_run_id, run_id=resume_run_id) as run:
+    name = f"trial-{trial}" if trial else "train"
+    with tracking.start_run(name, parent_run_id, run_id=resume_run_id) as run:
         continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
+        if trial:
+            mlflow.set_tag("sweep_trial", str(trial))
         tracking.log_start(config, mnist, num_images, resumed=continuing)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
         tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
@@ -126,6 +131,7 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
     from training import classifier as mnist_classifier
     from training import evaluation, registry, report, tracking
     from training.data import load_mnist
+    from training.metrics import HEADLINE
     from training.sampling import load_generator
 
     mnist = load_mnist(data)
@@ -146,9 +152,12 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
         mlflow.log_metrics(result.metrics, model_id=model_id or None, dataset=test_split)
         mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()}
                            | {"evaluation_seconds": evaluation_seconds})
-        if training_run_id:
+        if training_run_id:  # the training run shows its evaluation too
             mlflow.set_tag("training_run_id", training_run_id)
-            mlflow.MlflowClient().set_tag(training_run_id, "evaluation_run_id", run.info.run_id)
+            client = mlflow.MlflowClient()
+            client.set_tag(training_run_id, "evaluation_run_id", run.info.run_id)
+            for name in HEADLINE:
+                client.log_metric(training_run_id, name, result.metrics[name])
         with tempfile.TemporaryDirectory() as tmp:
             title = f"Evaluation of {generator} on {samples} samples"
             for path in report.write_report(result, mnist.x_train, Path(tmp), title):
@@ -168,13 +177,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
     from training import registry, tracking
 
     client = mlflow.MlflowClient()
-    evaluation_run = client.get_run(evaluation_run_id).data
-    evaluated = dict(evaluation_run.metrics)
-    if "samples" in evaluation_run.params:
-        evaluated["samples"] = float(evaluation_run.params["samples"])
-    missing = [m for m in registry.EVALUATION_KEYS if m not in evaluated]
-    if missing:
-        raise ConfigError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
+    evaluated = registry.evaluation_metrics(client, evaluation_run_id)
     model_id = registry.logged_model_id(client, training_run_id)
     if model_id is None:
         raise registry.RegistryError(f"run {training_run_id} logged no generator model "
@@ -184,7 +187,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
             "preset": trained.get("preset", "")}
     checks.artifact_store()
     with tracking.start_run("register", parent_run_id):
-        version = registry.register(model_id, name, tags, {m: evaluated[m] for m in registry.EVALUATION_KEYS})
+        version = registry.register(model_id, name, tags, evaluated)
         mlflow.set_tags({"registered_model": name, "registered_version": version})
     return version
 
@@ -268,6 +271,130 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
                          "promoted": str(promoted.decision.promote).lower()})
         mlflow.log_metrics(evaluated.evaluation.metrics)
     return MainResult(parent_id, trained, evaluated, version, promoted)
+
+
+# ---- sweeps: trials under one parent run, ranked by the promotion rule, the winner registered ----
+
+class SweepFailed(RuntimeError):
+    """No trial of a sweep finished; nothing was registered or promoted."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    run_id: str
+    ranking: Any  # sweep.Ranking
+    model_name: str
+    version: str
+    passes_gate: bool
+    promoted: Promoted | None  # None: the winner did not pass the evaluation gate
+
+
+def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkpoint_root: str | None = None,
+          classifier_dir: str | None = None):
+    """Train and evaluate one trial of a sweep (a sweep.Trial over `base`) under the sweep's parent
+    run; returns its sweep.Outcome. A trial that fails (NaN losses, a value its model cannot take,
+    out of memory) is recorded as failed, on its run and in the outcome, and does not stop the sweep."""
+    from training.loop import Preempted
+    from training.sweep import Outcome, failed
+
+    config = trial.config(base)
+    try:
+        trained = train(config, parent_run_id, checkpoint_root, trial=trial.index)
+        evaluated = evaluate(f"runs:/{trained.run_id}", config.data, samples, config.seed,
+                             training_run_id=trained.run_id, parent_run_id=parent_run_id,
+                             classifier_dir=classifier_dir)
+    except Preempted:
+        raise  # the pipeline retries the task, which resumes the trial
+    except Exception as err:  # noqa: BLE001 (the trial is the boundary: its run ends FAILED with this error)
+        return failed(trial, f"{type(err).__name__}: {err}")
+    return Outcome(trial, "finished", trained.run_id, evaluated.run_id)
+
+
+def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):
+    """Rank a sweep's trials by the promotion rule and log the ranking on its parent run (a table, a
+    CSV and a plot of FID against each swept value); a trial without an outcome (its task or process
+    died) counts as failed. Raises SweepFailed when none finished."""
+    import mlflow
+
+    from training import registry, tracking
+    from training.sweep import rank, swept_names
+
+    client = mlflow.MlflowClient()
+    reported = {outcome.trial.index: outcome for outcome in outcomes}
+    outcomes = [reported.get(t.index) or _recorded_outcome(client, parent_run_id, t) for t in trials]
+    evaluations = {o.evaluation_run_id: registry.evaluation_metrics(client, o.evaluation_run_id)
+                   for o in outcomes if o.status == "finished"}
+    ranking = rank(outcomes, evaluations, rule, swept_names(trials))
+    with tracking.on_run(parent_run_id):
+        tracking.log_ranking(ranking, swept_names(trials))
+    if ranking.winner is None:
+        raise SweepFailed(f"all {len(trials)} trials failed; nothing registered or promoted "
+                          f"(first error: {outcomes[0].error})")
+    return ranking
+
+
+def sweep(trials: list, base: TrainConfig, job: JobConfig, workers: int = 1,
+          on_outcome=lambda outcome: None) -> SweepResult:
+    """Run the trials here, `workers` processes at a time, under one parent run; rank them, register
+    the winner and promote it through the evaluation gate (the MLproject's `sweep`)."""
+    checks.training(base)
+    import mlflow
+
+    from training import tracking
+    from training.classifier import load_or_train
+    from training.data import load_mnist
+    from training.promotion import PromotionRule
+    from training.workers import run_each
+
+    checks.artifact_store()
+    rule = PromotionRule(job.min_fid_gain, job.max_classes_lost)
+    with tracking.start_run("sweep") as parent:
+        parent_id = parent.info.run_id
+        with tracking.start_run("prepare-data", parent_id):
+            mnist = load_mnist(base.data)
+            tracking.log_dataset(mnist, base.train_images or len(mnist.x_train))
+        load_or_train(mnist)  # once, before the trials look it up in the cache
+        mlflow.log_params({"trials": len(trials), "workers": workers, "samples": job.samples})
+        mlflow.log_dict({"trials": [t.values for t in trials]}, "sweep/trials.json")
+        with tempfile.TemporaryDirectory() as logs:
+            done = run_each(
+                run_trial, [(t, base, job.samples, parent_id) for t in trials], workers,
+                Path(logs), on_done=lambda i, result: on_outcome(_outcome(trials[i], result)))
+            mlflow.log_artifacts(logs, "sweep/logs")
+        ranking = rank_trials(parent_id, trials, [_outcome(t, r) for t, r in zip(trials, done)], rule)
+        winner = ranking.winner
+        version = register(winner.training_run_id, winner.evaluation_run_id, job.model_name, parent_id)
+        passes, _ = passes_gate(winner.evaluation_run_id, job.min_classes_covered)
+        promoted = promote(job.model_name, rule, parent_run_id=parent_id, version=version) if passes else None
+        mlflow.set_tags({"winner_trial": str(winner.trial.index), "training_run_id": winner.training_run_id,
+                         "registered_model": job.model_name, "registered_version": version,
+                         "promoted": str(bool(promoted and promoted.decision.promote)).lower()})
+    return SweepResult(parent_id, ranking, job.model_name, version, passes, promoted)
+
+
+def _recorded_outcome(client, parent_run_id: str, trial):
+    """What MLflow recorded of a trial that returned no outcome (its pod or process died, and Kubeflow
+    handed over no result): finished if its training and evaluation runs finished."""
+    from training.sweep import Outcome, failed
+
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                               f"and tags.sweep_trial = '{trial.index}'")
+    if not runs:
+        return failed(trial, "no outcome and no run: its task or process died before training")
+    run = runs[0]
+    evaluation_run_id = run.data.tags.get("evaluation_run_id")
+    if run.info.status == "FINISHED" and evaluation_run_id:
+        return Outcome(trial, "finished", run.info.run_id, evaluation_run_id)
+    return failed(trial, run.data.tags.get("error") or f"its run ended {run.info.status} "
+                                                       "(its task or process died)")
+
+
+def _outcome(trial, result):
+    from training.sweep import failed
+    from training.workers import Died
+
+    return failed(trial, f"the trial's {result}") if isinstance(result, Died) else result
 
 
 # The pipeline's own steps: the dataset as an artifact, the parent run, the classifier, the gate.

@@ -66,3 +66,38 @@ def save_loss_curves(history: dict[str, list[tuple[int, float]]], target: Path) 
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
+
+
+def save_sweep_plot(rows: list[dict], swept: list[str], target: Path) -> None:
+    """FID of each finished trial against each swept parameter, one panel per parameter; the winner
+    is the star. Rows as sweep.rank makes them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finished = [row for row in rows if row["fid"] is not None]
+    panels = swept or ["trial"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.4), sharey=True,
+                             squeeze=False)
+    for axis, name in zip(axes[0], panels):
+        values = [row[name] for row in finished]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ticks = sorted({str(v) for v in values})
+        xs = values if numeric else [ticks.index(str(v)) for v in values]
+        axis.scatter(xs, [row["fid"] for row in finished], c="tab:blue", s=28)
+        for x, row in zip(xs, finished):
+            if row["winner"]:
+                axis.scatter([x], [row["fid"]], marker="*", s=220, c="tab:orange", zorder=3, label="winner")
+        if numeric and values and min(values) > 0 and max(values) >= 10 * min(values):
+            axis.set_xscale("log")
+        if not numeric:
+            axis.set_xticks(range(len(ticks)), ticks)
+        axis.set_xlabel(name)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("FID (lower is better)")
+    failed = len(rows) - len(finished)
+    fig.suptitle(f"{len(finished)} trial(s) finished" + (f", {failed} failed" if failed else ""))
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)

@@ -77,6 +77,18 @@ def register(model_id: str, name: str, tags: dict[str, str], evaluation: dict[st
     return version
 
 
+def evaluation_metrics(client: MlflowClient, evaluation_run_id: str) -> dict[str, float]:
+    """What an evaluation run measured that promotion compares (EVALUATION_KEYS, `samples` included)."""
+    evaluation_run = client.get_run(evaluation_run_id).data
+    evaluated = dict(evaluation_run.metrics)
+    if "samples" in evaluation_run.params:
+        evaluated["samples"] = float(evaluation_run.params["samples"])
+    missing = [m for m in EVALUATION_KEYS if m not in evaluated]
+    if missing:
+        raise RegistryError(f"evaluation run {evaluation_run_id} lacks metrics {', '.join(missing)}")
+    return {m: evaluated[m] for m in EVALUATION_KEYS}
+
+
 def version_metrics(client: MlflowClient, name: str, version: str) -> dict[str, float]:
     tags = client.get_model_version(name, version).tags
     missing = [m for m in EVALUATION_KEYS if f"eval.{m}" not in tags]

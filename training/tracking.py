@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
 JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflow has not received yet
+MAX_TAG = 5000  # characters of a tag value MLflow stores
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
 
 
@@ -55,7 +56,7 @@ class MlflowTracker:
 def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = None):
     """Start the run `name` (or re-open `run_id`, or attach to `mlflow run`'s), as a child of
     `parent_run_id` when one is given; a parent this process has not opened (a pipeline task's) is
-    re-entered first. The run ends FAILED if the body raises."""
+    re-entered first. The run ends FAILED if the body raises, with the error as its `error` tag."""
     active = mlflow.active_run()
     if parent_run_id and not (active and active.info.run_id == parent_run_id):
         os.environ.pop("MLFLOW_RUN_ID", None)  # the pipeline's parent run, not a run to attach to
@@ -70,6 +71,22 @@ def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = 
     experiment_id = parent.info.experiment_id if parent and not run_id else None
     with mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
                           experiment_id=experiment_id, log_system_metrics=True) as run:
+        try:
+            yield run
+        except Exception as err:
+            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG])
+            raise
+
+
+@contextlib.contextmanager
+def on_run(run_id: str):
+    """Log onto the run `run_id`: the active run, or re-opened (a pipeline task logging on its parent)."""
+    active = mlflow.active_run()
+    if active and active.info.run_id == run_id:
+        yield active
+        return
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    with mlflow.start_run(run_id=run_id) as run:
         yield run
 
 
@@ -139,6 +156,26 @@ def log_final(result: TrainResult, directory: Path) -> Path:
     mlflow.set_tags({"global_step": str(result.global_step), "epochs_done": str(result.epochs_done),
                      "stopped_by": result.stopped_by})
     return generator
+
+
+def log_ranking(ranking, swept: list[str]) -> None:
+    """A sweep's ranking on the active run: a table (MLflow's table view), a CSV, and FID against each
+    swept value as a plot; the counts and the best FID as metrics."""
+    import tempfile
+
+    import pandas as pd
+
+    from training import plots
+
+    table = pd.DataFrame(ranking.rows)
+    mlflow.log_table(table, "sweep/ranking.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp) / "ranking.csv", index=False)
+        plots.save_sweep_plot(ranking.rows, swept, Path(tmp) / "fid_by_parameter.png")
+        mlflow.log_artifacts(tmp, "sweep")
+    finished = [row for row in ranking.rows if row["status"] == "finished"]
+    mlflow.log_metrics({"trials_finished": len(finished), "trials_failed": len(ranking.rows) - len(finished)}
+                       | ({"best_fid": finished[0]["fid"]} if finished else {}))
 
 
 def run_link(run_id: str) -> str:

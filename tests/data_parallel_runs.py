@@ -1,23 +1,33 @@
-"""One compiled training step on 1 and on 4 devices, from the same seeded tiny GAN and the same real digits
-(a subprocess of test_data_parallel, on the JAX backend with 4 virtual CPU devices).
+"""Training on several devices, for test_data_parallel (a subprocess: the JAX backend, with 4 virtual CPU
+devices).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 KERAS_BACKEND=jax \
-        python tests/data_parallel_steps.py MNIST.npz OUT.npz
+        python tests/data_parallel_runs.py step MNIST.npz OUT.npz     # one step on 1 and on 4 devices
+        python tests/data_parallel_runs.py resume MNIST.npz OUT.json  # 3 steps on 2 devices, resumed on 1
 
-OUT.npz holds, for each run in RUNS, the state's leaves before and after the step ("RUN_start_leaf_I",
-"RUN_leaf_I"), the step's metrics ("RUN_d_loss", ...), the number of devices the new state is on
+`step` takes one compiled training step on 1 and on 4 devices, from the same seeded tiny GAN and the same
+real digits. OUT.npz holds, for each run in RUNS, the state's leaves before and after the step
+("RUN_start_leaf_I", "RUN_leaf_I"), the step's metrics ("RUN_d_loss", ...), the number of devices the new state is on
 ("RUN_devices"), whether it is replicated on them ("RUN_replicated") and the all-reduces in the compiled
 step ("RUN_all_reduces").
+
+`resume` trains the tiny preset on 256 digits at batch 64 (4 steps an epoch) for 2 epochs, stopped after 3
+steps on 2 devices, then resumed on 1 device to the end. OUT.json holds, for each part, its config, the
+global step it ended at and that of the checkpoint it left, the steps its metrics were logged at, and the
+`device` its MLflow params name.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from training import backend, data, loop
+from training import backend, checkpoint, data, loop, tracking
 from training.config import TrainConfig
 
 BATCH, IMAGES = 16, 256
@@ -53,12 +63,32 @@ def steps(devices: int, epochs: list[int], images: np.ndarray) -> dict[int, dict
     return saved
 
 
-def main(mnist: str, out: str) -> None:
-    images = data.to_unit_range(data.load_mnist(mnist).x_train[:IMAGES])
+def one_step_each(images: np.ndarray, out: str) -> None:
     by_devices = {devices: steps(devices, sorted({e for d, e in RUNS.values() if d == devices}), images)
                   for devices in sorted({d for d, _ in RUNS.values()})}
     np.savez(out, **{f"{run}_{key}": value for run, (devices, epoch) in RUNS.items()
                      for key, value in by_devices[devices][epoch].items()})
+
+
+def resume(images: np.ndarray, out: str) -> None:
+    with tempfile.TemporaryDirectory() as checkpoints:
+        config = TrainConfig(preset="tiny", train_images=IMAGES, batch_size=64, epochs=2, log_every=2,
+                             max_steps=3, devices=2, checkpoint_dir=checkpoints)
+        parts = {"two_devices": config, "resumed_on_one": config.replace(devices=1, max_steps=0, resume=True)}
+        report = {}
+        for part, part_config in parts.items():
+            result = loop.train(part_config, images)
+            manifest = checkpoint.latest_manifest(Path(checkpoints))
+            report[part] = {"config": part_config.to_dict(), "global_step": result.global_step,
+                            "checkpoint_step": manifest["global_step"],
+                            "logged_at": [step for step, _ in result.history["d_loss"]],
+                            "device": tracking.run_params(part_config)["device"]}
+    Path(out).write_text(json.dumps(report))
+
+
+def main(mode: str, mnist: str, out: str) -> None:
+    images = data.to_unit_range(data.load_mnist(mnist).x_train[:IMAGES])
+    {"step": one_step_each, "resume": resume}[mode](images, out)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ TensorFlow backend, so the JAX parts run in subprocesses with 4 virtual CPU devi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
-import mlflow
 import numpy as np
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
-from training import checkpoint, cli
+from training import cli
 
 VIRTUAL_DEVICES = {"backend": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
@@ -42,10 +42,14 @@ def _same_update(saved, run: str) -> bool:
     return True
 
 
+def _on_virtual_devices(mode: str, out, mnist_path, tmp_path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_runs.py"), mode, str(mnist_path),
+                    str(out)], check=True, env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300, cwd=tmp_path)
+
+
 def test_four_devices_take_the_one_device_step(tmp_path, mnist_path):
     out = tmp_path / "steps.npz"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_steps.py"), str(mnist_path), str(out)],
-                   check=True, env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300, cwd=tmp_path)
+    _on_virtual_devices("step", out, mnist_path, tmp_path)
     with np.load(out) as saved:
         for run in ("four_devices", "other_batch"):
             for a, b in zip(_leaves(saved, "one_device", "start_leaf"), _leaves(saved, run, "start_leaf")):
@@ -64,23 +68,15 @@ def test_four_devices_take_the_one_device_step(tmp_path, mnist_path):
 
 
 def test_a_run_on_two_devices_resumes_on_one(tmp_path, mnist_path):
-    def train(*flags):
-        done = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "2", "--checkpoint-dir", "ckpt",
-                        *flags], tmp_path, **VIRTUAL_DEVICES)
-        assert done.returncode == 0, done.stderr[-3000:]
-
-    train("--devices", "2", "--max-steps", "3")  # 4 steps per epoch: stops mid-epoch
-    run_dir = checkpoint.latest_run_dir(tmp_path / "ckpt")
-    assert checkpoint.latest_manifest(run_dir)["global_step"] == 3
-    train("--resume")
-
-    manifest = checkpoint.latest_manifest(run_dir)
-    assert manifest["global_step"] == 8 and manifest["config"]["devices"] == 1
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    history = [m.step for m in client.get_metric_history(manifest["run_id"], "d_loss")]
-    assert history == [2, 3, 4, 6, 8], "the resumed run continues at the checkpoint's step 3"
-    params = client.get_run(manifest["run_id"]).data.params
-    assert params["devices"] == "2" and params["device"] == "2 x cpu"
+    out = tmp_path / "resume.json"
+    _on_virtual_devices("resume", out, mnist_path, tmp_path)
+    report = json.loads(out.read_text())
+    two, one = report["two_devices"], report["resumed_on_one"]
+    assert (two["config"]["devices"], one["config"]["devices"]) == (2, 1)
+    assert two["global_step"] == two["checkpoint_step"] == 3  # 4 steps an epoch: stopped mid-epoch
+    assert one["global_step"] == one["checkpoint_step"] == 8
+    assert one["logged_at"] == [2, 3, 4, 6, 8], "the resumed part continues at the checkpoint's step 3"
+    assert (two["device"], one["device"]) == ("2 x cpu", "cpu")
 
 
 def test_a_batch_the_devices_cannot_share_is_refused(capsys):

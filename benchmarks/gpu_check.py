@@ -1,5 +1,5 @@
 """GPU check of the training library on the JAX backend: step throughput, the speedup over the seed
-post's loop, then a short real training run.
+post's loop, the data-parallel step on 1, 2, 4 ... of the GPUs JAX sees, then a short real training run.
 
 Run through `benchmarks/gpu_check.sh` (which sets KERAS_BACKEND=jax). `--cpu` is the dry run: tiny
 preset, few steps, same code path. Writes a JSON report and sample grids under --out.
@@ -129,6 +129,17 @@ def main() -> int:
         row = compare(config, images, rounds, steps_per_round, baseline_precision,
                       peak_flops=DENSE_BF16_PEAK)
         report["against_seed_loop"].append(row)
+        print(json.dumps(row), flush=True)
+
+    # Data parallel (--devices): the same global batch split across 1, 2, 4 ... of the devices JAX sees.
+    from benchmarks import data_parallel
+
+    batch = 128 if args.cpu else 512
+    counts = data_parallel.usable_counts(len(jax.devices()), batch)
+    rounds, steps_per_round = (2, 2) if args.cpu else (5, 10)
+    report["data_parallel"] = data_parallel.compare(TrainConfig(preset=preset, batch_size=batch), images,
+                                                    counts, rounds, steps_per_round)
+    for row in report["data_parallel"]:
         print(json.dumps(row), flush=True)
 
     # A real run through the training loop: preset seed, batch 128, precision auto (bf16 on a GPU).

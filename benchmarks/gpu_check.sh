@@ -2,7 +2,8 @@
 # GPU check on a machine with JAX but no TensorFlow or MLflow (the lent H200): installs the carried
 # wheels (.whl/: keras, namex, optree), runs benchmarks/gpu_check.py with KERAS_BACKEND=jax.
 #   bash benchmarks/gpu_check.sh            on the GPU machine; data from .gpu/mnist.npz, output in $OUT
-#   bash benchmarks/gpu_check.sh --cpu      dry run here: tiny preset, a few steps, the .venv's JAX
+#   bash benchmarks/gpu_check.sh --cpu      dry run here: tiny preset, a few steps, the .venv's JAX, and
+#                                           2 virtual CPU devices for the data-parallel step
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -11,7 +12,7 @@ DATA="${DATA:-.gpu/mnist.npz}"
 if [[ "${1:-}" == "--cpu" ]]; then
   PYTHON=.venv/bin/python
   DATA="${DATA_CPU:-../shared/data/mnist.npz}"
-  export JAX_PLATFORMS=cpu
+  export JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
 else
   PYTHON=python3
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

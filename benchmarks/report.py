@@ -39,6 +39,13 @@ def throughput(rows: list[dict]) -> str:
     return table + "\n\n" + "\n".join(goals)
 
 
+def data_parallel(rows: list[dict]) -> str:
+    return _table(["backend", "preset", "global batch", "precision", "devices", "s/step", "real images/s",
+                   "speed-up over 1 device"],
+                  [[r["backend"], r["preset"], r["batch"], r["precision"], r["device"], r["s_per_step"],
+                    f"{r['real_images_per_s']:,.0f}", f"{r['speedup_vs_1_device']:.2f}x"] for r in rows])
+
+
 QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "precision", "kid")
 
 
@@ -100,6 +107,12 @@ def render(results: dict) -> str:
                  "warm-up step each; the speedup is the ratio per round pair. FLOPs per step are counted from "
                  "the layers (`benchmarks/flops.py`); the fp32 peak is the backend's best large matrix "
                  "product on this machine, measured in the same process.")),
+                ("data_parallel", "### Data-parallel step on virtual CPU devices (`--devices`, JAX)",
+                 data_parallel,
+                 ("The same global batch split across 1, 2 and 4 devices that XLA makes of the one CPU "
+                  "(`--xla_force_host_platform_device_count`); they share the 2 cores, so this proves the "
+                  "path (replicated state, split batch, all-reduced gradients), not a speed-up. Rounds "
+                  "alternate between the device counts after one warm-up step each.")),
                 ("quality", "### Sample quality per minute of training", quality,
                  ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone on "
                  "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images.")),

@@ -4,7 +4,8 @@ Each benchmark runs in its own process (the Keras backend is fixed per process),
 so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json; the section of
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
-    python -m benchmarks.run_all --data ../shared/data/mnist.npz [--only throughput,quality,jobs,serving]
+    python -m benchmarks.run_all --data ../shared/data/mnist.npz \
+        [--only throughput,data_parallel,quality,jobs,serving]
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("throughput", "quality", "jobs", "serving")
+PARTS = ("throughput", "data_parallel", "quality", "jobs", "serving")
 # (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
 THROUGHPUT_RUNS = [("tensorflow", "seed", 3, 2), ("tensorflow", "small", 5, 5), ("tensorflow", "tiny", 3, 20),
                    ("jax", "seed", 3, 1), ("jax", "small", 5, 3)]
+# The data-parallel step on 1, 2 and 4 virtual CPU devices (JAX): preset, global batch, rounds, steps per round
+DATA_PARALLEL_RUN, DATA_PARALLEL_DEVICES = ("tiny", 128, 5, 5), (1, 2, 4)
 
 
-def run_json(module: str, args: list[str], backend: str = "tensorflow") -> list[dict]:
+def run_json(module: str, args: list[str], backend: str = "tensorflow", **extra_env: str) -> list[dict]:
     """Run `python -m module args`; returns the JSON objects it printed, one per line."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra_env}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
@@ -86,6 +89,13 @@ def main() -> None:
             run_json("benchmarks.throughput", ["--data", data, "--preset", preset, "--rounds", str(rounds),
                                                "--steps", str(steps)], backend)[-1]
             for backend, preset, rounds, steps in THROUGHPUT_RUNS])
+    if "data_parallel" in parts:
+        preset, batch, rounds, steps = DATA_PARALLEL_RUN
+        timed("data_parallel", lambda: run_json(
+            "benchmarks.data_parallel",
+            ["--data", data, "--preset", preset, "--batch", str(batch), "--rounds", str(rounds), "--steps",
+             str(steps), "--devices", ",".join(map(str, DATA_PARALLEL_DEVICES))], "jax",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={max(DATA_PARALLEL_DEVICES)}"))
     if "quality" in parts:
         timed("quality", lambda: run_json("benchmarks.quality_per_minute",
                                           ["--data", data, "--marks", args.marks])[-1]["quality_per_minute"])

@@ -24,14 +24,15 @@ from training.config import TrainConfig
 
 
 def project_steps(config: TrainConfig, images: np.ndarray):
-    """A function that runs n of the project's compiled steps, waits for them, and returns the seconds."""
+    """A function that runs n of the project's compiled steps, waits for them, and returns the seconds;
+    on config.devices devices, as the training loop sets them up."""
     import keras
 
     gan = loop.build_gan(config)
-    step = backend.compile_step(gan.train_step)
-    device_images = keras.ops.convert_to_tensor(images)
+    step = backend.compile_step(gan.train_step, gan.parallel)
+    device_images = gan.parallel.replicate(keras.ops.convert_to_tensor(images))
     batches = data.epoch_batches(len(images), config.batch_size, config.n_iter_d, config.seed, 0)
-    holder = {"state": gan.initial_state(), "next": 0}
+    holder = {"state": gan.parallel.replicate(gan.initial_state()), "next": 0}
 
     def run(n: int) -> float:
         started = time.perf_counter()

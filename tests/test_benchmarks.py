@@ -75,4 +75,5 @@ def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert len(report["throughput"]) == 2 and len(report["against_seed_loop"]) == 2
     assert {row["precision"] for row in report["throughput"]} == {"float32", "mixed_bfloat16"}
+    assert [row["devices"] for row in report["data_parallel"]] == [1, 2], "gpu_check.sh --cpu makes 2 devices"
     assert report["training"]["imported"]["mlflow"] is False and report["training"]["steps"] == 4

@@ -53,21 +53,22 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str,
 
 @dsl.component(base_image=GPU_IMAGE)
 def train_and_evaluate_trial(
-        dataset: Input[Dataset], classifier: Input[Model], parent_run_id: str, checkpoint_root: str,
+        dataset: Input[Dataset], classifier: Input[Model], kfp_run: str, checkpoint_root: str,
         trial: str, samples: int, preset: str = "seed", train_images: int = 0, epochs: int = 200,
         batch_size: int = 128, learning_rate: float = 0.0002, beta_1: float = 0.5, z_dim: int = 100,
         n_iter_d: int = 1, n_iter_g: int = 5, real_label: float = 0.9, fake_label: float = 0.0, seed: int = 0,
         max_steps: int = 0, precision: str = "auto", devices: int = 1, log_every: int = 50,
         checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
-    """One trial of a sweep (`trial`: its values as JSON, over these): train, then evaluate; returns the
-    outcome as JSON. A trial that fails is an outcome too, so the sweep goes on without it."""
+    """One trial of a sweep (`trial`: its values as JSON, over these): train, then evaluate, under the
+    pipeline run's parent MLflow run; returns the outcome as JSON. A trial that fails is an outcome too,
+    so the sweep goes on without it."""
     from training import jobs
     from training.config import TrainConfig
     from training.sweep import Trial
 
     base = TrainConfig.pick({**locals(), "data": dataset.path})
-    outcome = jobs.run_trial(Trial.from_json(trial), base, samples, parent_run_id, checkpoint_root,
-                             classifier_dir=classifier.path)
+    outcome = jobs.run_pipeline_trial(Trial.from_json(trial), base, samples, kfp_run, checkpoint_root,
+                                      classifier.path)
     print(f"trial {outcome.trial.index}: {outcome.status} {outcome.error}")
     return outcome.to_json()
 

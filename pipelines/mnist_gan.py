@@ -109,13 +109,16 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
         opened = gan.open_mlflow_run(data=data, dataset=prep.outputs["dataset"],
                                      kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         parent = opened.output
-        training = dict(dataset=prep.outputs["dataset"], parent_run_id=parent, checkpoint_root=checkpoint_root,
+        training = dict(dataset=prep.outputs["dataset"], checkpoint_root=checkpoint_root,
                         devices=settings.gpu_count, **hyperparameters)
         if trials:
             specs = [trial.to_json() for trial in trials]
             with dsl.ParallelFor(items=specs, parallelism=settings.sweep_parallelism) as trial:
+                # A trial finds its parent run by the pipeline run's id: kfp.local (2.17) hands a loop's
+                # tasks the loop item in place of any other task's output parameter.
                 tried = as_training_task(gan.train_and_evaluate_trial(
-                    classifier=classifier.outputs["classifier"], trial=trial, samples=samples, **training))
+                    classifier=classifier.outputs["classifier"], kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    trial=trial, samples=samples, **training).after(opened))
             ranked = gan.rank_trials(parent_run_id=parent, trials=specs, outcomes=dsl.Collected(tried.output),
                                      min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             ranked.ignore_upstream_failure()  # a trial whose pod died is ranked as failed
@@ -123,7 +126,7 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
             training_run, evaluation_run = ranked.outputs["training_run_id"], ranked.outputs["evaluation_run_id"]
             generator = {}  # promote checks the registered files themselves
         else:
-            train = as_training_task(gan.train_gan(**training))
+            train = as_training_task(gan.train_gan(parent_run_id=parent, **training))
             scored = gan.evaluate(
                 dataset=prep.outputs["dataset"], generator=train.outputs["generator"],
                 classifier=classifier.outputs["classifier"], parent_run_id=parent,

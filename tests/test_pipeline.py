@@ -3,6 +3,8 @@ pipeline runs, in containers, in test_containers.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -239,3 +241,21 @@ def test_the_compiled_pipeline_parses_strictly_and_a_broken_one_does_not(tmp_pat
     kubernetes["deploymentSpec"]["executors"]["exec-train-gan"]["tolerations"][0]["efect"] = "NoSchedule"
     with pytest.raises(json_format.ParseError, match="efect"):
         strict_pipeline_check(spec, kubernetes)
+
+
+def test_a_sweep_fans_trials_out_under_a_capped_parallel_for_with_the_gpu_inside_only(tmp_path):
+    spec, _ = _compile(tmp_path, "--sweep", "{seed: [0, 1, 2], learning_rate: [1e-4, 2e-4]}", "--parallelism", "3",
+                       "--gpu-count", "2")
+    tasks = spec["root"]["dag"]["tasks"]
+    (loop,) = [name for name in tasks if name.startswith("for-loop")]
+    assert tasks[loop]["iteratorPolicy"]["parallelismLimit"] == 3
+    trials = [json.loads(item) for item in json.loads(tasks[loop]["parameterIterator"]["items"]["raw"])]
+    assert [t["index"] for t in trials] == [1, 2, 3, 4, 5, 6] and trials[5]["values"]["seed"] == 2
+    inner = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["train-and-evaluate-trial"]
+    executors = spec["deploymentSpec"]["executors"]
+    with_gpu = {name for name, e in executors.items() if "accelerator" in e["container"].get("resources", {})}
+    assert with_gpu == {"exec-train-and-evaluate-trial"}
+    assert executors["exec-train-and-evaluate-trial"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert {"rank-trials", "register", "evaluation-gate"} <= set(tasks) and "train-gan" not in tasks
+    assert tasks["rank-trials"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"

@@ -306,8 +306,46 @@ def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkp
     except Preempted:
         raise  # the pipeline retries the task, which resumes the trial
     except Exception as err:  # noqa: BLE001 (the trial is the boundary: its run ends FAILED with this error)
-        return failed(trial, f"{type(err).__name__}: {err}")
+        outcome = failed(trial, f"{type(err).__name__}: {err}")
+        _record_failure(parent_run_id, outcome)
+        return outcome
     return Outcome(trial, "finished", trained.run_id, evaluated.run_id)
+
+
+def run_pipeline_trial(trial, base: TrainConfig, samples: int, pipeline_run: str, checkpoint_root: str,
+                       classifier_dir: str):
+    """run_trial under the parent MLflow run that `open_run` opened for the pipeline run."""
+    import mlflow
+
+    from training import tracking
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id] if experiment else [],
+                                 f"tags.kfp_run = '{pipeline_run}'")
+    parents = [run for run in parents if "mlflow.parentRunId" not in run.data.tags]
+    if not parents:
+        raise RuntimeError(f"no MLflow run tagged kfp_run={pipeline_run}: did open-mlflow-run run?")
+    return run_trial(trial, base, samples, parents[0].info.run_id, checkpoint_root, classifier_dir)
+
+
+def _record_failure(parent_run_id: str, outcome) -> None:
+    """A trial that failed before its training run opened (its data, say) still gets its run: FAILED,
+    with its values and the error."""
+    import mlflow
+
+    from training import tracking
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    index = outcome.trial.index
+    if client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                           f"and tags.sweep_trial = '{index}'"):
+        return
+    with tracking.start_run(f"trial-{index}", parent_run_id) as run:
+        mlflow.log_params(outcome.trial.values)
+        mlflow.set_tags({"sweep_trial": str(index), "error": outcome.error[:tracking.MAX_TAG]})
+    client.set_terminated(run.info.run_id, "FAILED")
 
 
 def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):

@@ -84,7 +84,7 @@ images:
 		-f infra/docker/postgres.Dockerfile -t $(TEST_POSTGRES_IMAGE) .
 
 image: images
-	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=gpu -t $(IMAGE)-cuda .
+	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=gpu,jax-cuda -t $(IMAGE)-cuda .
 
 push: image
 	$(CONTAINER_ENGINE) push $(IMAGE)

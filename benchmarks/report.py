@@ -46,6 +46,11 @@ def data_parallel(rows: list[dict]) -> str:
                     f"{r['real_images_per_s']:,.0f}", f"{r['speedup_vs_1_device']:.2f}x"] for r in rows])
 
 
+def sweep(rows: list[dict]) -> str:
+    return _table(["trials", "workers", "wall s", "trials per hour"],
+                  [[r["trials"], r["workers"], r["seconds"], f"**{r['trials_per_hour']:.0f}**"] for r in rows])
+
+
 QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "precision", "kid")
 
 
@@ -97,7 +102,7 @@ def render(results: dict) -> str:
              (f"Run on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
              f"tensorflow {m.get('tensorflow') or m.get('tensorflow-cpu')}, keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
              f"kfp {m['kfp']}. Raw results: [`benchmarks-cpu.json`](benchmarks-cpu.json)."),
-             "", "```bash", "make bench        # = python -m benchmarks.run_all --data ../shared/data/mnist.npz",
+             "", "```bash", "make bench        # = python -m benchmarks.run_all --data mnist.npz (a local copy, or the URL)",
              "```", "",
              "Wall time per part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
              + f"; in all {sum(seconds.values()) / 60:.1f} min.", ""]
@@ -113,6 +118,11 @@ def render(results: dict) -> str:
                   "(`--xla_force_host_platform_device_count`); they share the 2 cores, so this proves the "
                   "path (replicated state, split batch, all-reduced gradients), not a speed-up. Rounds "
                   "alternate between the device counts after one warm-up step each.")),
+                ("sweep", "### Local sweeps: trials per hour (`mnist-gan sweep --workers N`)", sweep,
+                 ("A whole sweep of 4 trials (seeds 0-3; each `--preset tiny --train-images 2048 --epochs 2`, "
+                  "1,000 evaluated samples) as a user runs it: every trial in its own process (TensorFlow "
+                  "start-up included), then ranking, registration and promotion, against a fresh sqlite "
+                  "store. Two workers share the same 2 cores.")),
                 ("quality", "### Sample quality per minute of training", quality,
                  ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone on "
                  "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images.")),

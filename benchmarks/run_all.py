@@ -5,7 +5,7 @@ so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json;
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
     python -m benchmarks.run_all --data ../shared/data/mnist.npz \
-        [--only throughput,data_parallel,quality,jobs,serving]
+        [--only throughput,data_parallel,sweep,quality,jobs,serving]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("throughput", "data_parallel", "quality", "jobs", "serving")
+PARTS = ("throughput", "data_parallel", "sweep", "quality", "jobs", "serving")
 # (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
 THROUGHPUT_RUNS = [("tensorflow", "seed", 3, 2), ("tensorflow", "small", 5, 5), ("tensorflow", "tiny", 3, 20),
                    ("jax", "seed", 3, 1), ("jax", "small", 5, 3)]
@@ -96,6 +96,9 @@ def main() -> None:
             ["--data", data, "--preset", preset, "--batch", str(batch), "--rounds", str(rounds), "--steps",
              str(steps), "--devices", ",".join(map(str, DATA_PARALLEL_DEVICES))], "jax",
             XLA_FLAGS=f"--xla_force_host_platform_device_count={max(DATA_PARALLEL_DEVICES)}"))
+    if "sweep" in parts:
+        timed("sweep", lambda: run_json("benchmarks.sweep_throughput", ["--data", data, "--trials", "4",
+                                                                        "--workers", "1,2"]))
     if "quality" in parts:
         timed("quality", lambda: run_json("benchmarks.quality_per_minute",
                                           ["--data", data, "--marks", args.marks])[-1]["quality_per_minute"])

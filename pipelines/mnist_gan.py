@@ -85,6 +85,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
             task.set_container_image(gan.IMAGE)
         else:
             _place_on_gpu_nodes(task, settings)
+        if settings.gpu_count > 1:  # data parallel over the pod's GPUs is JAX's (the image has both)
+            task.set_env_variable("KERAS_BACKEND", "jax")
         _limit_resources(task, settings.train_cpu, settings.train_memory)
         return task
 

@@ -259,3 +259,10 @@ def test_a_sweep_fans_trials_out_under_a_capped_parallel_for_with_the_gpu_inside
     assert executors["exec-train-and-evaluate-trial"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
     assert {"rank-trials", "register", "evaluation-gate"} <= set(tasks) and "train-gan" not in tasks
     assert tasks["rank-trials"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_several_gpus_train_on_jax_and_one_on_tensorflow(tmp_path):
+    for count, backend in (("4", ["jax"]), ("1", [])):
+        spec, _ = _compile(tmp_path, "--gpu-count", count)
+        env = spec["deploymentSpec"]["executors"]["exec-train-gan"]["container"].get("env", [])
+        assert [e["value"] for e in env if e["name"] == "KERAS_BACKEND"] == backend

@@ -97,3 +97,18 @@ def test_more_devices_than_jax_sees_are_refused(tmp_path, mnist_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert "devices=8, but JAX sees only 4 local device(s)" in done.stderr
     assert "Epoch" not in done.stdout
+
+
+def test_mnist_gan_train_uses_all_four_devices_it_is_given(tmp_path, mnist_path):
+    """What a pipeline's training task with --gpu-count 4 runs (KERAS_BACKEND=jax, devices=4), on 4
+    virtual CPU devices: a tracked run whose params name the 4 devices."""
+    import mlflow
+
+    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "4", "--max-steps", "2"], tmp_path,
+                   **VIRTUAL_DEVICES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["devices"], run.data.params["device"], run.data.params["backend"]) == (
+        "4", "4 x cpu", "jax")
+    assert run.data.tags["global_step"] == "2"

@@ -4,8 +4,6 @@ whole sweeps under `mlflow run -e sweep` and under kfp.local, each with one tria
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +12,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, cli_env, run_cli
-from training import sweep, workers
+from tests.conftest import ROOT, TEST_CACHE, cli_env, run_cli
+from tests.worker_calls import square_or_die
+from training import classifier, sweep, workers
 from training.config import ConfigError, TrainConfig
+from training.data import file_sha256, load_mnist
 from training.promotion import PromotionRule
 
 # The failing trial asks for every training image of MNIST, from a copy that lacks the last one: a value
@@ -32,12 +32,16 @@ BASE = {"preset": "tiny", "train_images": 256, "batch_size": 64, "epochs": 1, "m
 
 @pytest.fixture(scope="session")
 def mnist_less_one(tmp_path_factory, mnist_path) -> Path:
-    """The real MNIST without its last training image."""
+    """The real MNIST without its last training image. Its evaluator is the full set's (the classifier
+    cache is keyed by the file's digest): one image fewer is not worth a minute of training it again."""
     with np.load(mnist_path) as npz:
         arrays = {name: npz[name] for name in npz.files}
     arrays["x_train"], arrays["y_train"] = arrays["x_train"][:-1], arrays["y_train"][:-1]
     path = tmp_path_factory.mktemp("data") / "mnist-59999.npz"
     np.savez(path, **arrays)
+    evaluators = TEST_CACHE / "evaluator"
+    full = classifier.load_or_train(load_mnist(str(mnist_path)), cache_dir=evaluators)
+    classifier.save(full, evaluators / f"{classifier.CLASSIFIER_VERSION}-{file_sha256(path)[:16]}")
     return path
 
 
@@ -123,16 +127,9 @@ def test_no_winner_when_every_trial_failed():
 
 # ---- trials in worker processes ----
 
-def _square_or_die(n: int) -> int:
-    if n == 2:
-        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
-    print(f"squaring {n}")
-    return n * n
-
-
 def test_a_killed_worker_process_loses_only_its_own_call(tmp_path):
     done = []
-    results = workers.run_each(_square_or_die, [(1,), (2,), (3,)], 2, tmp_path,
+    results = workers.run_each(square_or_die, [(1,), (2,), (3,)], 2, tmp_path,
                                on_done=lambda i, result: done.append(i))
     assert results[0] == 1 and results[2] == 9 and sorted(done) == [0, 1, 2]
     assert isinstance(results[1], workers.Died) and "killed by signal 9" in str(results[1])

@@ -330,22 +330,29 @@ def run_pipeline_trial(trial, base: TrainConfig, samples: int, pipeline_run: str
 
 
 def _record_failure(parent_run_id: str, outcome) -> None:
-    """A trial that failed before its training run opened (its data, say) still gets its run: FAILED,
-    with its values and the error."""
+    """A failed trial's run ends FAILED with the error: one its process left RUNNING (killed) is closed,
+    and a trial that failed before its training run opened (its data, say) gets one, with its values."""
     import mlflow
 
     from training import tracking
 
     client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    index = outcome.trial.index
-    if client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                           f"and tags.sweep_trial = '{index}'"):
+    error = outcome.error[:tracking.MAX_TAG]
+    for run in _trial_runs(client, parent_run_id, outcome.trial.index):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "error", error)
+            client.set_terminated(run.info.run_id, "FAILED")
         return
-    with tracking.start_run(f"trial-{index}", parent_run_id) as run:
+    with tracking.start_run(f"trial-{outcome.trial.index}", parent_run_id) as run:
         mlflow.log_params(outcome.trial.values)
-        mlflow.set_tags({"sweep_trial": str(index), "error": outcome.error[:tracking.MAX_TAG]})
+        mlflow.set_tags({"sweep_trial": str(outcome.trial.index), "error": error})
     client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _trial_runs(client, parent_run_id: str, index: int) -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                               f"and tags.sweep_trial = '{index}'")
 
 
 def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):
@@ -394,12 +401,17 @@ def sweep(trials: list, base: TrainConfig, job: JobConfig, workers: int = 1,
         load_or_train(mnist)  # once, before the trials look it up in the cache
         mlflow.log_params({"trials": len(trials), "workers": workers, "samples": job.samples})
         mlflow.log_dict({"trials": [t.values for t in trials]}, "sweep/trials.json")
+        outcomes = {}
+
+        def finished(index: int, result) -> None:
+            outcomes[index] = _outcome(trials[index], result, parent_id)
+            on_outcome(outcomes[index])
+
         with tempfile.TemporaryDirectory() as logs:
-            done = run_each(
-                run_trial, [(t, base, job.samples, parent_id) for t in trials], workers,
-                Path(logs), on_done=lambda i, result: on_outcome(_outcome(trials[i], result)))
+            run_each(run_trial, [(t, base, job.samples, parent_id) for t in trials], workers, Path(logs),
+                     on_done=finished)
             mlflow.log_artifacts(logs, "sweep/logs")
-        ranking = rank_trials(parent_id, trials, [_outcome(t, r) for t, r in zip(trials, done)], rule)
+        ranking = rank_trials(parent_id, trials, list(outcomes.values()), rule)
         winner = ranking.winner
         version = register(winner.training_run_id, winner.evaluation_run_id, job.model_name, parent_id)
         passes, _ = passes_gate(winner.evaluation_run_id, job.min_classes_covered)
@@ -415,9 +427,7 @@ def _recorded_outcome(client, parent_run_id: str, trial):
     handed over no result): finished if its training and evaluation runs finished."""
     from training.sweep import Outcome, failed
 
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                               f"and tags.sweep_trial = '{trial.index}'")
+    runs = _trial_runs(client, parent_run_id, trial.index)
     if not runs:
         return failed(trial, "no outcome and no run: its task or process died before training")
     run = runs[0]
@@ -428,11 +438,16 @@ def _recorded_outcome(client, parent_run_id: str, trial):
                                                        "(its task or process died)")
 
 
-def _outcome(trial, result):
+def _outcome(trial, result, parent_run_id: str):
+    """A worker's result, or the failure of a trial whose process died (its run closed FAILED)."""
     from training.sweep import failed
     from training.workers import Died
 
-    return failed(trial, f"the trial's {result}") if isinstance(result, Died) else result
+    if not isinstance(result, Died):
+        return result
+    outcome = failed(trial, f"the trial's {result}")
+    _record_failure(parent_run_id, outcome)
+    return outcome
 
 
 # The pipeline's own steps: the dataset as an artifact, the parent run, the classifier, the gate.

@@ -125,6 +125,46 @@ def test_no_winner_when_every_trial_failed():
     assert sweep.rank([_outcome(1, "failed")], {}, PromotionRule(0.0, 0), []).winner is None
 
 
+@pytest.fixture
+def own_tracking_store(tmp_path):
+    """This test's sqlite store as the process's tracking URI, the previous one restored after."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def test_a_trial_without_an_outcome_is_ranked_from_what_mlflow_recorded(own_tracking_store):
+    """On a cluster, a trial whose pod died after training hands over no outcome: its runs in MLflow
+    decide. Trial 2 finished and was evaluated, trial 3 left nothing."""
+    from training import jobs
+    from training.metrics import HEADLINE
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment("sweep-test")
+
+    def evaluated(fid: float) -> str:
+        run = client.create_run(experiment_id)
+        for name in HEADLINE:
+            client.log_metric(run.info.run_id, name, {"fid": fid, "classes_covered": 10}.get(name, 0.5))
+        client.log_param(run.info.run_id, "samples", "1000")
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    parent = client.create_run(experiment_id).info.run_id
+    trials = [sweep.Trial(i, {"seed": i}) for i in (1, 2, 3)]
+    first = sweep.Outcome(trials[0], "finished", "train-1", evaluated(30.0))
+    second = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "sweep_trial": "2",
+                                                    "evaluation_run_id": evaluated(20.0)})
+    client.set_terminated(second.info.run_id)
+    ranking = jobs.rank_trials(parent, trials, [first], PromotionRule(0.0, 0))
+    assert ranking.winner.trial.index == 2 and ranking.winner.training_run_id == second.info.run_id
+    assert [(row["trial"], row["status"]) for row in ranking.rows] == [(2, "finished"), (1, "finished"),
+                                                                      (3, "failed")]
+    assert "no run" in ranking.rows[-1]["error"]
+    assert client.get_run(parent).data.metrics["trials_failed"] == 1
+
+
 # ---- trials in worker processes ----
 
 def test_a_killed_worker_process_loses_only_its_own_call(tmp_path):

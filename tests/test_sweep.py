@@ -61,6 +61,8 @@ def test_listed_trials_take_the_base_value_of_what_they_leave_out():
     trials = sweep.load('[{"seed": 3}, {"n_iter_g": 2}]', [], TrainConfig(n_iter_g=4))
     assert [t.values for t in trials] == [{"n_iter_g": 4, "seed": 3}, {"n_iter_g": 2, "seed": 0}]
     assert trials[1].config(TrainConfig(n_iter_g=4)).n_iter_g == 2
+    with pytest.raises(ConfigError, match="resume does not apply to a sweep"):
+        sweep.load('[{"seed": 3}]', [], TrainConfig(resume=True))
 
 
 @pytest.mark.parametrize(("spec", "axes", "message"), [

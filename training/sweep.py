@@ -52,6 +52,9 @@ class Trial:
 def load(spec: str | None, axes: list[str], base: TrainConfig) -> list[Trial]:
     """The trials of a SPEC (a file's path or the text itself) and `-s` axes, each checked against
     TrainConfig over `base`. Raises ConfigError naming the trial and the field."""
+    if base.resume:
+        raise ConfigError("resume does not apply to a sweep: every trial starts fresh (a retried trial "
+                          "task still resumes its own checkpoint)")
     listed, grid = _read_spec(spec) if spec else ([{}], {})
     for axis in axes:
         name, separator, values = axis.partition("=")

@@ -81,6 +81,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
 
     from training import loop, registry, tracking
     from training.data import load_mnist, to_unit_range
+    from training.sweep import TRIAL_TAG, trial_run_name
 
     mnist = load_mnist(config.data)
     num_images = config.train_images or len(mnist.x_train)
@@ -95,11 +96,11 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     manifest = checkpoint.latest_manifest(resume_dir) if resume_dir else {}
     attached = os.environ.get("MLFLOW_RUN_ID") and not parent_run_id  # inside `mlflow run`
     resume_run_id = None if attached else manifest.get("run_id")
-    name = f"trial-{trial}" if trial else "train"
+    name = trial_run_name(trial) if trial else "train"
     with tracking.start_run(name, parent_run_id, run_id=resume_run_id) as run:
         continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
         if trial:
-            mlflow.set_tag("sweep_trial", str(trial))
+            mlflow.set_tag(TRIAL_TAG, str(trial))
         tracking.log_start(config, mnist, num_images, resumed=continuing)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
         tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
@@ -290,7 +291,7 @@ class SweepResult:
 
 
 def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkpoint_root: str | None = None,
-          classifier_dir: str | None = None):
+              classifier_dir: str | None = None):
     """Train and evaluate one trial of a sweep (a sweep.Trial over `base`) under the sweep's parent
     run; returns its sweep.Outcome. A trial that fails (NaN losses, a value its model cannot take,
     out of memory) is recorded as failed, on its run and in the outcome, and does not stop the sweep."""
@@ -335,6 +336,7 @@ def _record_failure(parent_run_id: str, outcome) -> None:
     import mlflow
 
     from training import tracking
+    from training.sweep import TRIAL_TAG
 
     client = mlflow.MlflowClient()
     error = outcome.error[:tracking.MAX_TAG]
@@ -343,16 +345,18 @@ def _record_failure(parent_run_id: str, outcome) -> None:
             client.set_tag(run.info.run_id, "error", error)
             client.set_terminated(run.info.run_id, "FAILED")
         return
-    with tracking.start_run(f"trial-{outcome.trial.index}", parent_run_id) as run:
+    with tracking.start_run(outcome.trial.run_name, parent_run_id) as run:
         mlflow.log_params(outcome.trial.values)
-        mlflow.set_tags({"sweep_trial": str(outcome.trial.index), "error": error})
+        mlflow.set_tags({TRIAL_TAG: str(outcome.trial.index), "error": error})
     client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _trial_runs(client, parent_run_id: str, index: int) -> list:
+    from training.sweep import TRIAL_TAG
+
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                               f"and tags.sweep_trial = '{index}'")
+                                               f"and tags.{TRIAL_TAG} = '{index}'")
 
 
 def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):
@@ -369,9 +373,10 @@ def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):
     outcomes = [reported.get(t.index) or _recorded_outcome(client, parent_run_id, t) for t in trials]
     evaluations = {o.evaluation_run_id: registry.evaluation_metrics(client, o.evaluation_run_id)
                    for o in outcomes if o.status == "finished"}
-    ranking = rank(outcomes, evaluations, rule, swept_names(trials))
+    swept = swept_names(trials)
+    ranking = rank(outcomes, evaluations, rule, swept)
     with tracking.on_run(parent_run_id):
-        tracking.log_ranking(ranking, swept_names(trials))
+        tracking.log_ranking(ranking, swept)
     if ranking.winner is None:
         raise SweepFailed(f"all {len(trials)} trials failed; nothing registered or promoted "
                           f"(first error: {outcomes[0].error})")

@@ -26,8 +26,13 @@ from training.config import ConfigError, TrainConfig, names, param, parse_and_ch
 from training.promotion import PromotionRule
 
 MAX_TRIALS = 256
+TRIAL_TAG = "sweep_trial"  # on a trial's run: its index, how a trial's runs are found again
 NOT_SWEPT = ("data", "checkpoint_dir", "resume", "devices")  # one dataset, storage and device count
 SWEPT = tuple(name for name in names(TrainConfig) if name not in NOT_SWEPT)
+
+
+def trial_run_name(index: int) -> str:
+    return f"trial-{index}"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class Trial:
 
     index: int
     values: dict[str, Any]
+
+    @property
+    def run_name(self) -> str:
+        return trial_run_name(self.index)
 
     def config(self, base: TrainConfig) -> TrainConfig:
         return base.replace(**self.values)

@@ -96,8 +96,9 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
     def mnist_gan(data: str = DEFAULT_DATA_URL, train_images: int = 0, preset: str = "seed",
                   epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
                   beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
-                  real_label: float = 0.9, fake_label: float = 0.0, seed: int = 0, max_steps: int = 0,
-                  precision: str = "auto", log_every: int = 50, checkpoint_dir: str = "checkpoints",
+                  real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999,
+                  eval_every: int = 5, eval_samples: int = 2000, select: str = "auto", seed: int = 0,
+                  max_steps: int = 0, precision: str = "auto", log_every: int = 50, checkpoint_dir: str = "checkpoints",
                   resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
                   min_fid_gain: float = 0.0, max_classes_lost: int = 0, min_classes_covered: int = 10):
         # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_config.py holds them),
@@ -111,7 +112,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
         opened = gan.open_mlflow_run(data=data, dataset=prep.outputs["dataset"],
                                      kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         parent = opened.output
-        training = dict(dataset=prep.outputs["dataset"], checkpoint_root=checkpoint_root,
+        training = dict(dataset=prep.outputs["dataset"], classifier=classifier.outputs["classifier"],
+                        checkpoint_root=checkpoint_root,
                         devices=settings.gpu_count, **hyperparameters)
         if trials:
             specs = [trial.to_json() for trial in trials]
@@ -119,8 +121,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                 # A trial finds its parent run by the pipeline run's id: kfp.local (2.17) hands a loop's
                 # tasks the loop item in place of any other task's output parameter.
                 tried = as_training_task(gan.train_and_evaluate_trial(
-                    classifier=classifier.outputs["classifier"], kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    trial=trial, samples=samples, **training).after(opened))
+                    kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trial=trial, samples=samples,
+                    **training).after(opened))
             ranked = gan.rank_trials(parent_run_id=parent, trials=specs, outcomes=dsl.Collected(tried.output),
                                      min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             ranked.ignore_upstream_failure()  # a trial whose pod died is ranked as failed

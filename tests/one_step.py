@@ -20,7 +20,7 @@ from training.step import Gan, LatentSampler, Recipe
 # Dropout draws its masks from each backend's own RNG; without it, one step is a function of its inputs.
 WIDTHS = PRESET_WIDTHS["tiny"].__class__(**{**PRESET_WIDTHS["tiny"].__dict__, "dropout": 0.0})
 CONFIG = TrainConfig()
-RECIPE = Recipe(CONFIG.n_iter_d, CONFIG.n_iter_g, CONFIG.real_label, CONFIG.fake_label)
+RECIPE = Recipe(CONFIG.n_iter_d, CONFIG.n_iter_g, CONFIG.real_label, CONFIG.fake_label, CONFIG.ema_decay)
 BATCH, Z_DIM = 16, CONFIG.z_dim
 
 

@@ -56,6 +56,13 @@ def test_batch_larger_than_the_chosen_training_images_is_refused():
         TrainConfig(train_images=100, batch_size=128)
 
 
+def test_best_generator_needs_the_fid_curve():
+    with pytest.raises(ConfigError, match=r"select=best needs the FID curve \(eval_every > 0\)"):
+        TrainConfig(select="best", eval_every=0)
+    assert not TrainConfig(eval_every=0).keeps_best and TrainConfig().keeps_best
+    assert not TrainConfig(select="last").keeps_best
+
+
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown parameter"):
         TrainConfig.from_dict({"epochs": 1, "learning_rte": 0.1})

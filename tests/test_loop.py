@@ -15,7 +15,8 @@ from tests.conftest import TINY, cli_env, run_cli
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import to_unit_range
-from training.loop import NonFiniteLoss, train
+from training.loop import BEST, NonFiniteLoss, train
+from training.sampling import generator_path
 
 
 def _final_arrays(directory):
@@ -58,6 +59,57 @@ def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_pa
                        "--resume", "--learning-rate", "0.001"], tmp_path)
     assert changed.returncode == 2 and "trained with different learning_rate" in changed.stderr
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED", "a refused resume changes nothing"
+
+
+CURVE = ["--eval-every", "1", "--eval-samples", "500"]
+
+
+def test_the_fid_curve_keeps_the_best_generator_and_resume_keeps_the_best_so_far(tmp_path, mnist_path):
+    straight = _train(tmp_path, mnist_path, "--epochs", "3", *CURVE, "--checkpoint-dir", "straight")
+    # The same run in two parts; the first exports its last generator, the resumed one its best.
+    _train(tmp_path, mnist_path, "--epochs", "2", *CURVE, "--select", "last", "--checkpoint-dir", "resumed")
+    _train(tmp_path, mnist_path, "--epochs", "3", *CURVE, "--checkpoint-dir", "resumed", "--resume")
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    straight_run = checkpoint.latest_manifest(checkpoint.latest_run_dir(tmp_path / "straight"))["run_id"]
+    curve = {name: [(m.step, m.value) for m in client.get_metric_history(straight_run, f"curve/{name}")]
+             for name in ("fid", "classifier_score", "classes_covered", "raw_fid")}
+    assert all([step for step, _ in points] == [4, 8, 12] for points in curve.values()), curve
+    fids = [value for _, value in curve["fid"]]
+    best_epoch = 1 + fids.index(min(fids))
+    tags = client.get_run(straight_run).data.tags
+    assert (tags["generator_artifact"], tags["generator_weights"], tags["generator_checkpoint"],
+            tags["generator_epoch"]) == ("models/generator_best.keras", "ema", "best", str(best_epoch))
+    assert f"exports averaged (EMA) weights, best curve FID at epoch {best_epoch}" in straight.stdout
+    logged = {a.path for a in client.list_artifacts(straight_run)} | {
+        a.path for a in client.list_artifacts(straight_run, "models")}
+    assert {"fid_curve.png", "models/generator.keras", "models/generator_ema.keras",
+            "models/generator_best.keras"} <= logged
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        assert generator_path(f"runs:/{straight_run}").name == "generator_best.keras"
+    finally:
+        mlflow.set_tracking_uri(None)
+    best_dir = checkpoint.latest_run_dir(tmp_path / "straight") / BEST
+    best = checkpoint.latest_manifest(best_dir)
+    assert (best["epoch"], best["fid"]) == (best_epoch, min(fids))
+
+    resumed_dir = checkpoint.latest_run_dir(tmp_path / "resumed")
+    resumed_best = checkpoint.latest_manifest(resumed_dir / BEST)
+    assert (resumed_best["epoch"], resumed_best["fid"]) == (best["epoch"], best["fid"]), "the best so far survives"
+    with np.load(best_dir / best["arrays"]) as a, np.load(resumed_dir / BEST / resumed_best["arrays"]) as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    resumed_tags = client.get_run(checkpoint.latest_manifest(resumed_dir)["run_id"]).data.tags
+    assert resumed_tags["generator_artifact"] == "models/generator_best.keras"
+
+
+def test_select_last_exports_the_averaged_generator_of_the_last_step(tmp_path, mnist_path):
+    _train(tmp_path, mnist_path, "--epochs", "1", *CURVE, "--select", "last")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = checkpoint.latest_manifest(checkpoint.latest_run_dir(tmp_path / "checkpoints"))["run_id"]
+    tags = client.get_run(run_id).data.tags
+    assert (tags["generator_artifact"], tags["generator_checkpoint"]) == ("models/generator_ema.keras", "last")
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):

@@ -232,8 +232,12 @@ def _sample(args):
 # ---- what a person reads ----
 
 def trained_line(trained) -> str:
-    return (f"train: run {trained.run_id}, {trained.result.global_step} steps, "
-            f"{trained.result.epochs_done} epoch(s)")
+    from training.tracking import describe_generator
+
+    result = trained.result
+    best = f" (FID {result.best['fid']:.4g} on its curve)" if result.selected == "generator_best" else ""
+    return (f"train: run {trained.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s); "
+            f"exports {describe_generator(trained.exported())}{best}")
 
 
 def evaluated_line(evaluated) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 PRESETS = ("seed", "small", "tiny")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+SELECTIONS = ("auto", "best", "last")
 MNIST_TRAIN_IMAGES = 60_000
 DEFAULT_DATA_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 MAX_SAMPLES = 1_000_000
@@ -25,7 +26,8 @@ KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "t
 
 # Parameters that may change between a run and its resumption; any other change is refused.
 # `devices` among them: a checkpoint holds the state once, whatever the number of devices that wrote it.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir", "devices"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir", "devices",
+                     "eval_every", "select"}
 
 
 class ConfigError(ValueError):
@@ -108,6 +110,14 @@ class TrainConfig(_Parameters):
     real_label: float = _param(0.9, "D's target for real images (one-sided smoothing)", ge=0.0,
                                le=1.0)
     fake_label: float = _param(0.0, "D's target for generated images", ge=0.0, le=1.0)
+    # the generator a run keeps: averaged, scored along the way, the best of it
+    ema_decay: float = _param(0.999, "moving average of G's weights, the generator sampled, evaluated and "
+                              "served (0 = off: the raw G)", ge=0.0, lt=1.0)
+    eval_every: int = _param(5, "score the generator every N epochs and at the end: the FID curve in "
+                             "MLflow (0 = off)", min=0)
+    eval_samples: int = _param(2000, "samples scored per point of the FID curve", min=100, max=60_000)
+    select: str = _param("auto", "the generator a run exports: best (lowest FID of the curve), last, or "
+                         "auto (best when the curve is on)", choices=SELECTIONS)
     # run control
     seed: int = _param(0, "random seed (weights, shuffling, z, dropout)", min=0, max=SEED_MAX)
     max_steps: int = _param(0, "stop after this many training steps (0 = no limit)", min=0)
@@ -124,9 +134,16 @@ class TrainConfig(_Parameters):
         if self.batch_size % self.devices:
             raise ConfigError(f"batch_size must be a multiple of devices={self.devices} (got "
                               f"{self.batch_size}): each device takes an equal share of every batch")
+        if self.select == "best" and not self.eval_every:
+            raise ConfigError("select=best needs the FID curve (eval_every > 0); use select=last or auto")
         if self.train_images and self.batch_size > self.train_images:
             raise ConfigError(
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the run exports the best generator of its FID curve rather than the last."""
+        return self.select == "best" or (self.select == "auto" and self.eval_every > 0)
 
     def resume_conflicts(self, checkpointed: dict[str, Any]) -> list[str]:
         """The parameters that differ from a checkpoint's config and may not change on resume."""

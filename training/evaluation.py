@@ -18,6 +18,8 @@ from training.classifier import MnistClassifier
 from training.data import CACHE_DIR, Mnist, to_unit_range
 from training.sampling import latents, render
 
+CURVE_METRICS = ("fid", "classifier_score", "classes_covered")  # what the curve during training logs
+
 
 @dataclass
 class Evaluation:
@@ -57,6 +59,25 @@ def evaluate(generator: keras.Model, mnist: Mnist, classifier: MnistClassifier, 
     values, histogram, probabilities = score(classifier, fake, real_features)
     return Evaluation(values, reference, histogram, reference_histogram, plots.to_uint8(fake),
                       probabilities)
+
+
+class QualityProbe:
+    """Scores a generator's weights during training (the FID curve): always the same n latents, against
+    the test split's features, with FID, classifier score and classes covered only (the cheap metrics).
+    FID grows as n shrinks, so the curve's values compare with each other, not with a 10,000-sample
+    evaluation."""
+
+    def __init__(self, classifier: MnistClassifier, mnist: Mnist, n: int, seed: int = 0):
+        self.classifier, self.n, self.seed = classifier, n, seed
+        self.real_features, self.reference, _ = real_reference(classifier, mnist, n, seed)
+
+    def __call__(self, generator: keras.Model, weights: tuple[list, list]) -> dict[str, float]:
+        """Scores of `generator` with `weights` (trainable, non-trainable) in place of its own."""
+        z = latents(self.n, generator.input_shape[-1], seed=(self.seed, 2**31 + 1))
+        features, probabilities = self.classifier.features_and_probabilities(render(generator, z, weights))
+        return {"fid": metrics.frechet_distance(self.real_features, features),
+                "classifier_score": metrics.classifier_score(probabilities),
+                "classes_covered": float(metrics.class_coverage(probabilities)["classes_covered"])}
 
 
 def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int,

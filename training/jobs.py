@@ -40,6 +40,12 @@ class Trained:
     def last_metrics(self) -> dict[str, float]:
         return {name: values[-1][1] for name, values in self.result.history.items()}
 
+    def exported(self) -> dict[str, str]:
+        """Which generator the run exports: artifact, weights, checkpoint, epoch (its tags)."""
+        from training.tracking import generator_tags
+
+        return generator_tags(self.result)
+
 
 @dataclass(frozen=True)
 class Evaluated:
@@ -66,11 +72,13 @@ class MainResult:
 
 
 def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root: str | None = None,
-          generator_out: str | None = None, trial: int | None = None) -> Trained:
+          generator_out: str | None = None, trial: int | None = None,
+          classifier_dir: str | None = None) -> Trained:
     """Train inside an MLflow run (re-opened when resuming). A pipeline task gives `checkpoint_root`,
     storage that outlives its pod, and finds its own checkpoint there when retried
-    (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the generator file. A sweep's
-    trial names its run `trial-<n>` and tags it `sweep_trial`."""
+    (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the exported generator's file. A
+    sweep's trial names its run `trial-<n>` and tags it `sweep_trial`. The FID curve's judge is the
+    classifier in `classifier_dir` (a pipeline artifact) or the local cache's."""
     if checkpoint_root is not None:
         own_dir, resume = checkpoint.pipeline_run_dir(
             Path(checkpoint_root) / config.checkpoint_dir,
@@ -90,6 +98,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     if config.batch_size > num_images:
         raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
     train_images = to_unit_range(mnist.x_train[:num_images])
+    judge = _quality_probe(mnist, config, classifier_dir) if config.eval_every else None
     checks.artifact_store()
 
     resume_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir)) if config.resume else None
@@ -105,7 +114,8 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
         tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
         try:
-            result = loop.train(config, train_images, tracker, run_id=run.info.run_id, checkpoint_dir=run_dir)
+            result = loop.train(config, train_images, tracker, run_id=run.info.run_id, checkpoint_dir=run_dir,
+                                judge=judge)
         finally:
             tracker.outbox.send()  # best effort on the way out; the journal keeps the rest for --resume
         tracker.close()
@@ -121,6 +131,22 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     return trained
 
 
+def _quality_probe(mnist, config: TrainConfig, classifier_dir: str | None):
+    """The FID curve's judge: the evaluator's classifier on `eval_samples` samples."""
+    from training.evaluation import QualityProbe
+
+    return QualityProbe(_classifier(mnist, classifier_dir), mnist, config.eval_samples)
+
+
+def _classifier(mnist, classifier_dir: str | None):
+    """The evaluator's classifier: from `classifier_dir` (a pipeline artifact), else the local cache's
+    (trained there if absent)."""
+    from training import classifier as mnist_classifier
+
+    return (mnist_classifier.load(Path(classifier_dir)) if classifier_dir
+            else mnist_classifier.load_or_train(mnist))
+
+
 def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_run_id: str | None = None,
              parent_run_id: str | None = None, classifier_dir: str | None = None,
              report_html: str | None = None, report_md: str | None = None) -> Evaluated:
@@ -129,7 +155,6 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
     With `training_run_id`, the metrics also go onto that run's generator LoggedModel."""
     import mlflow
 
-    from training import classifier as mnist_classifier
     from training import evaluation, registry, report, tracking
     from training.data import load_mnist
     from training.metrics import HEADLINE
@@ -138,8 +163,7 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
     mnist = load_mnist(data)
     model = load_generator(generator)
     checks.artifact_store()
-    classifier = (mnist_classifier.load(Path(classifier_dir)) if classifier_dir
-                  else mnist_classifier.load_or_train(mnist))
+    classifier = _classifier(mnist, classifier_dir)
     started = time.perf_counter()
     result = evaluation.evaluate(model, mnist, classifier, n=samples, seed=seed)
     evaluation_seconds = time.perf_counter() - started
@@ -153,14 +177,16 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
         mlflow.log_metrics(result.metrics, model_id=model_id or None, dataset=test_split)
         mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()}
                            | {"evaluation_seconds": evaluation_seconds})
+        title = f"Evaluation of {generator} on {samples} samples"
         if training_run_id:  # the training run shows its evaluation too
             mlflow.set_tag("training_run_id", training_run_id)
             client = mlflow.MlflowClient()
             client.set_tag(training_run_id, "evaluation_run_id", run.info.run_id)
             for name in HEADLINE:
                 client.log_metric(training_run_id, name, result.metrics[name])
+            which = tracking.describe_generator(client.get_run(training_run_id).data.tags)
+            title = f"Evaluation of {generator} ({which}) on {samples} samples"
         with tempfile.TemporaryDirectory() as tmp:
-            title = f"Evaluation of {generator} on {samples} samples"
             for path in report.write_report(result, mnist.x_train, Path(tmp), title):
                 mlflow.log_artifact(str(path), artifact_path="report")
             for out, name in ((report_html, "report.html"), (report_md, "report.md")):
@@ -183,9 +209,10 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
     if model_id is None:
         raise registry.RegistryError(f"run {training_run_id} logged no generator model "
                                      "(is it a training run?)")
-    trained = client.get_run(training_run_id).data.params
-    tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.get("data_sha256", ""),
-            "preset": trained.get("preset", "")}
+    trained = client.get_run(training_run_id).data
+    tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.params.get("data_sha256", ""),
+            "preset": trained.params.get("preset", ""),
+            **{k: v for k, v in trained.tags.items() if k in tracking.GENERATOR_TAGS}}
     checks.artifact_store()
     with tracking.start_run("register", parent_run_id):
         version = registry.register(model_id, name, tags, evaluated)
@@ -300,7 +327,7 @@ def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkp
 
     config = trial.config(base)
     try:
-        trained = train(config, parent_run_id, checkpoint_root, trial=trial.index)
+        trained = train(config, parent_run_id, checkpoint_root, trial=trial.index, classifier_dir=classifier_dir)
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, samples, config.seed,
                              training_run_id=trained.run_id, parent_run_id=parent_run_id,
                              classifier_dir=classifier_dir)

@@ -1,7 +1,9 @@
-"""The training loop: epochs of compiled steps, metrics, sample grids, checkpoints, resume.
+"""The training loop: epochs of compiled steps, metrics, sample grids, the FID curve, checkpoints, resume.
 
 An epoch is one pass of the training images through D. Metrics stay on the device between flushes
-(every `log_every` steps), so the loop never waits on the accelerator step by step.
+(every `log_every` steps), so the loop never waits on the accelerator step by step. Every `eval_every`
+epochs, and when the run ends, a judge scores the generator; the weights of the best score are kept
+in the checkpoint folder's `best/`, beside the latest state.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +30,10 @@ from training.step import Gan, LatentSampler, Recipe
 
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
 GRID_SAMPLES = 64
+BEST = "best"  # the checkpoint folder's subfolder holding the generator of the best curve point
+
+# A judge scores a generator with given (trainable, non-trainable) weights: {"fid": ..., ...}
+Judge = Callable[[Any, tuple[list, list]], dict[str, float]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,6 +47,7 @@ class Preempted(RuntimeError):
 class Tracker(Protocol):
     def log_step(self, step: int, metrics: dict[str, float]) -> None: ...
     def log_epoch(self, epoch: int, metrics: dict[str, float], grid_path: Path) -> None: ...
+    def log_curve(self, step: int, scores: dict[str, float]) -> None: ...
 
 
 @dataclass
@@ -51,6 +59,15 @@ class TrainResult:
     grid_paths: list[Path]
     stopped_by: str  # "epochs", "max_steps"
     train_seconds: float  # wall time of this call of `train`, compilation included
+    curve: list[dict]  # the FID curve's points: step, epoch and scores (fid, raw_fid, ...)
+    curve_seconds: float  # of train_seconds, the time spent scoring the curve
+    generators: dict[str, Any]  # name -> Keras generator: generator (raw), generator_ema, generator_best
+    selected: str  # the name of the generator the run exports
+    best: dict | None  # the best curve point (its step, epoch and scores), if any was scored
+
+    @property
+    def averaged(self) -> bool:
+        return "generator_ema" in self.generators
 
 
 def build_gan(config: TrainConfig) -> Gan:
@@ -61,23 +78,26 @@ def build_gan(config: TrainConfig) -> Gan:
     keras.config.set_dtype_policy(backend.resolve_precision(config.precision))
     backend.make_deterministic(config.seed)
     widths = PRESET_WIDTHS[config.preset]
-    recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label)
+    recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label, config.ema_decay)
     return Gan(build_generator(widths, config.z_dim), build_discriminator(widths),
                Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed),
                recipe, parallel)
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,
-          run_id: str | None = None, checkpoint_dir: Path | None = None) -> TrainResult:
+          run_id: str | None = None, checkpoint_dir: Path | None = None,
+          judge: Judge | None = None) -> TrainResult:
     """Train on (N, 28, 28, 1) float32 images in [-1, 1]; returns with the final weights assigned.
 
     Checkpoints (and sample grids) go to `checkpoint_dir`, by default config.checkpoint_dir itself.
+    Without a judge (or with eval_every=0) there is no FID curve and the last generator is exported.
     """
     gan = build_gan(config)
     step_fn = backend.compile_step(gan.train_step, gan.parallel)
     checkpoint_dir = checkpoint_dir or Path(config.checkpoint_dir)
     grid_dir = checkpoint_dir / "grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
+    judge = judge if config.eval_every else None
     progress = _Progress(config, checkpoint_dir, len(train_images), gan.initial_state())
     if config.resume:
         progress.restore(checkpoint_dir)
@@ -118,6 +138,11 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
             epoch_metrics = progress.epoch_summary()
             if tracker:
                 tracker.log_epoch(epoch + 1, epoch_metrics, grid_path)
+            ending = epoch + 1 == config.epochs or 0 < config.max_steps <= progress.global_step
+            if judge and ((epoch + 1) % config.eval_every == 0 or ending):
+                point = progress.score(gan, state, judge)
+                if tracker:
+                    tracker.log_curve(point["step"], {k: v for k, v in point.items() if k not in ("step", "epoch")})
             progress.save(state, epoch + 1, 0, run_id)
             if config.max_steps and progress.global_step >= config.max_steps:
                 return progress.result(gan, state, "max_steps")
@@ -125,7 +150,7 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
 
 
 def _save_grid(gan: Gan, state, z: np.ndarray, path: Path, epoch: int) -> Path:
-    fake = render(gan.generator, z, weights=(state["g_trainable"], state["g_non_trainable"]))
+    fake = render(gan.generator, z, weights=gan.generator_weights(state))
     picture = plots.grid(plots.to_uint8(fake), caption=f"epoch {epoch + 1}")
     picture.save(path)
     return path
@@ -169,6 +194,9 @@ class _Progress:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     grid_paths: list[Path] = field(default_factory=list)
     epoch_values: list[dict[str, float]] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    curve_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def record(self, values: dict[str, float], step: int) -> None:
@@ -182,12 +210,29 @@ class _Progress:
         self.epoch_values = []
         return summary
 
+    def score(self, gan: Gan, state, judge: Judge) -> dict:
+        """A point of the FID curve for the state at the end of epoch `self.epoch`: the exported
+        generator's scores (and the raw one's, as raw_*, when G is averaged); a new best is kept."""
+        started = time.perf_counter()
+        point = {"step": self.global_step, "epoch": self.epoch,
+                 **judge(gan.generator, gan.generator_weights(state))}
+        if "g_ema" in state:
+            raw = judge(gan.generator, gan.generator_weights(state, averaged=False))
+            point |= {f"raw_{name}": value for name, value in raw.items()}
+        self.curve.append(point)
+        if self.best is None or point["fid"] < self.best["fid"]:
+            self.best = point
+            checkpoint.save(self.directory / BEST, gan.generator_weights(state),
+                            dict(point, global_step=self.global_step))
+        self.curve_seconds += time.perf_counter() - started
+        return point
+
     def save(self, state, epoch: int, step_in_epoch: int, run_id: str | None) -> None:
         checkpoint.save(self.directory, state, {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "config": self.config.to_dict(), "num_images": self.num_images, "run_id": run_id,
             "history": self.history, "grids": [p.name for p in self.grid_paths],
-            "epoch_values": self.epoch_values,
+            "epoch_values": self.epoch_values, "curve": self.curve,
         })
 
     def restore(self, directory: Path) -> None:
@@ -202,11 +247,39 @@ class _Progress:
         self.history = {k: [tuple(p) for p in v] for k, v in manifest["history"].items()}
         self.grid_paths = [directory / "grids" / name for name in manifest["grids"]]
         self.epoch_values = manifest["epoch_values"]
+        self.curve = manifest.get("curve", [])
+        # best/ is written before the latest checkpoint: after a crash between the two it is ahead
+        self.best = checkpoint.latest_manifest(directory / BEST)
 
     def result(self, gan: Gan, state, stopped_by: str) -> TrainResult:
         gan.assign(state)
+        generators = {"generator": gan.generator}
+        if "g_ema" in state:
+            generators["generator_ema"] = _generator_with(gan, gan.generator_weights(state))
+        selected = "generator_ema" if "g_ema" in state else "generator"
+        if self.best is not None:
+            template = gan.generator_weights(state)
+            best_weights, _ = checkpoint.load_latest(self.directory / BEST, template)
+            generators["generator_best"] = _generator_with(gan, best_weights)
+            if self.config.keeps_best:
+                selected = "generator_best"
+        best = self.best and {k: v for k, v in self.best.items() if k not in _MANIFEST_KEYS}
         return TrainResult(gan, self.global_step, self.epoch, self.history, self.grid_paths,
-                           stopped_by, time.perf_counter() - self.started)
+                           stopped_by, time.perf_counter() - self.started, self.curve, self.curve_seconds,
+                           generators, selected, best)
+
+
+_MANIFEST_KEYS = ("global_step", "arrays", "sha256", "leaves")  # what checkpoint.save adds to a point
+
+
+def _generator_with(gan: Gan, weights: tuple[list, list]):
+    """A copy of G holding `weights` (trainable, non-trainable), e.g. the averaged ones."""
+    model = keras.models.clone_model(gan.generator)
+    for variables, values in zip((model.trainable_variables, model.non_trainable_variables), weights,
+                                 strict=True):
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+    return model
 
 
 class _SigtermFlag:

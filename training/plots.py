@@ -68,6 +68,36 @@ def save_loss_curves(history: dict[str, list[tuple[int, float]]], target: Path) 
     plt.close(fig)
 
 
+def save_fid_curve(curve: list[dict], target: Path) -> None:
+    """The FID curve of a training run, the exported generator's and (when G is averaged) the raw
+    one's, against the epoch; the best point is starred. Points as loop.TrainResult.curve holds them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fid, score) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [point["epoch"] for point in curve]
+    for prefix, label in (("", "averaged G (EMA)" if "raw_fid" in curve[0] else "G"), ("raw_", "raw G")):
+        if f"{prefix}fid" in curve[0]:
+            fid.plot(epochs, [p[f"{prefix}fid"] for p in curve], marker="o", markersize=3, label=label)
+            score.plot(epochs, [p[f"{prefix}classifier_score"] for p in curve], marker="o", markersize=3,
+                       label=label)
+    best = min(curve, key=lambda point: point["fid"])
+    fid.scatter([best["epoch"]], [best["fid"]], marker="*", s=220, c="tab:orange", zorder=3,
+                label=f"best: {best['fid']:.3g} at epoch {best['epoch']}")
+    fid.set_yscale("log")
+    fid.set_ylabel("FID (lower is better)")
+    score.set_ylabel("classifier score (10 = every class, sharp)")
+    for axis in (fid, score):
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
 def save_sweep_plot(rows: list[dict], swept: list[str], target: Path) -> None:
     """FID of each finished trial against each swept parameter, one panel per parameter; the winner
     is the star. Rows as sweep.rank makes them."""

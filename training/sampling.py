@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run
+GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run: the raw G of its last step
+GENERATOR_ARTIFACT_TAG = "generator_artifact"  # a training run's tag naming the generator it exports
 
 
 def latents(n: int, z_dim: int, seed: int | tuple[int, ...]) -> np.ndarray:
@@ -49,7 +50,7 @@ def generator_path(uri: str) -> Path:
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         return verified_generator(model_dir, recorded_checksum(model_dir))
     if uri.startswith("runs:/"):
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{GENERATOR_ARTIFACT}"))
+        return _exported_generator(uri.removeprefix("runs:/").strip("/"))
     path = Path(uri)
     if (path / "generator.keras").is_file():  # a folder holding it, e.g. a Kubeflow Model artifact
         return path / "generator.keras"
@@ -57,7 +58,16 @@ def generator_path(uri: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"generator {uri}: no such file")
         return path
-    return Path(mlflow.artifacts.download_artifacts(run_id=uri, artifact_path=GENERATOR_ARTIFACT))
+    return _exported_generator(uri)
+
+
+def _exported_generator(run_id: str) -> Path:
+    """The generator a training run exports (averaged, best: its tag says), downloaded."""
+    import mlflow
+
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    artifact = tags.get(GENERATOR_ARTIFACT_TAG, GENERATOR_ARTIFACT)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact))
 
 
 def load_generator(uri: str) -> keras.Model:

@@ -6,6 +6,8 @@ One training step = n_iter_d discriminator updates, then n_iter_g generator upda
     G step:  minimise BCE(1, D(G(z))) over G's weights, D frozen (the non-saturating generator loss)
 
 with z ~ U(-1, 1). The fakes of a D step come from G in inference mode, as the post's `G.predict`.
+With `ema_decay` > 0 the step then moves an average of G's weights towards the new ones (training.ema):
+the generator that gets sampled, evaluated and served; training itself never reads it.
 Only `value_and_grad` and `compile_step` (in `training.backend`) differ between TensorFlow and JAX;
 over several devices (`backend.DataParallel`) the step marks where its batch splits, and nothing else.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
-from training import backend
+from training import backend, ema
 from training.adam import Adam
 
 GENERATOR_LABEL = 1.0  # G is trained to make D answer "real" (the non-saturating loss)
@@ -31,6 +33,7 @@ class Recipe:
     n_iter_g: int
     real_label: float
     fake_label: float
+    ema_decay: float = 0.0  # 0: no average of G's weights in the state
 
 
 def binary_crossentropy(target: float, probability):
@@ -76,7 +79,15 @@ class Gan:
         state = {k: [ops.convert_to_tensor(v.numpy()) for v in vs] for k, vs in self.variables().items()}
         state["g_optimizer"] = self.optimizer.init(state["g_trainable"])
         state["d_optimizer"] = self.optimizer.init(state["d_trainable"])
+        if self.recipe.ema_decay:
+            state["g_ema"] = ema.init(state["g_trainable"], state["g_non_trainable"])
         return state
+
+    def generator_weights(self, state, averaged: bool = True) -> tuple[list, list]:
+        """G's (trainable, non-trainable) weights in a state: the moving average when the state holds
+        one and `averaged`, else the raw weights training updates."""
+        raw = (state["g_trainable"], state["g_non_trainable"])
+        return ema.weights(state["g_ema"], raw) if averaged and "g_ema" in state else raw
 
     def assign(self, state: dict) -> None:
         """Write a state's weights back into the Keras models (before saving or sampling)."""
@@ -139,6 +150,9 @@ class Gan:
         for i in range(self.recipe.n_iter_g):
             state, metrics = self.generator_update(state, z_g[i])
             g_metrics.append(metrics)
+        if "g_ema" in state:
+            state = {**state, "g_ema": ema.update(state["g_ema"], state["g_trainable"],
+                                                  state["g_non_trainable"], self.recipe.ema_decay)}
         return state, _mean_metrics(d_metrics) | _mean_metrics(g_metrics)
 
     def train_step(self, state, images, batch_indices):

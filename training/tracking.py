@@ -17,6 +17,7 @@ import mlflow
 from training.config import TrainConfig
 from training.data import Mnist
 from training.outbox import Outbox
+from training.sampling import GENERATOR_ARTIFACT_TAG
 
 if TYPE_CHECKING:
     from training.loop import TrainResult
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
 JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflow has not received yet
 MAX_TAG = 5000  # characters of a tag value MLflow stores
+CURVE = "curve"  # the FID curve's metrics: curve/fid, curve/raw_fid, ... at the training step they were scored
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
 
 
@@ -37,6 +39,7 @@ class MlflowTracker:
         self.outbox = Outbox(run_id, run_dir / JOURNAL)
         self.logged_step = self.outbox.last_step("d_loss")
         self.logged_epoch = self.outbox.last_step("epoch_d_loss")
+        self.logged_curve = self.outbox.last_step(f"{CURVE}/fid")
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         if step > self.logged_step:
@@ -46,6 +49,10 @@ class MlflowTracker:
         if epoch > self.logged_epoch:
             self.outbox.metrics({f"epoch_{name}": value for name, value in metrics.items()}, epoch)
         self.outbox.artifact(grid_path, "grids")
+
+    def log_curve(self, step: int, scores: dict[str, float]) -> None:
+        if step > self.logged_curve:
+            self.outbox.metrics({f"{CURVE}/{name}": value for name, value in scores.items()}, step)
 
     def close(self) -> None:
         """Wait (MNIST_GAN_TRACKING_WAIT_S, default 600 s) for whatever an outage held back."""
@@ -138,24 +145,53 @@ def _source(mnist: Mnist) -> str:
 
 
 def log_final(result: TrainResult, directory: Path) -> Path:
-    """The GIF of the grids, the loss curves and both models in Keras format, written to `directory`
-    and logged; returns the generator's file."""
+    """The GIF of the grids, the loss and FID curves and the models in Keras format (models/: the raw
+    generator, the averaged one, the best one, the discriminator), written to `directory` and logged,
+    with tags saying which generator the run exports; returns that generator's file."""
     from training import plots
 
     if result.grid_paths:
         plots.save_gif(result.grid_paths, directory / "samples.gif")
     plots.save_loss_curves(result.history, directory / "loss_curves.png")
+    if result.curve:
+        plots.save_fid_curve(result.curve, directory / "fid_curve.png")
     for path in directory.iterdir():
         mlflow.log_artifact(str(path))
-    generator, discriminator = directory / "generator.keras", directory / "discriminator.keras"
-    result.gan.generator.save(generator)
-    result.gan.discriminator.save(discriminator)
-    mlflow.log_artifact(str(generator), artifact_path="models")
-    mlflow.log_artifact(str(discriminator), artifact_path="models")
+    models = directory / "models"
+    models.mkdir()
+    for name, model in {**result.generators, "discriminator": result.gan.discriminator}.items():
+        model.save(models / f"{name}.keras")
+    mlflow.log_artifacts(str(models), artifact_path="models")
     mlflow.log_metric("train_seconds", result.train_seconds, step=result.global_step)
+    if result.curve:
+        mlflow.log_metrics({"curve_seconds": result.curve_seconds,
+                            "curve_share": result.curve_seconds / max(result.train_seconds, 1e-9)},
+                           step=result.global_step)
     mlflow.set_tags({"global_step": str(result.global_step), "epochs_done": str(result.epochs_done),
-                     "stopped_by": result.stopped_by})
-    return generator
+                     "stopped_by": result.stopped_by, **generator_tags(result)})
+    return models / f"{result.selected}.keras"
+
+
+def generator_tags(result: TrainResult) -> dict[str, str]:
+    """Which generator a training run exports: its artifact, weights (averaged or raw), checkpoint
+    (best of the curve or last) and the epoch it comes from. The registry copies them to a version."""
+    best = result.selected == "generator_best"
+    return {GENERATOR_ARTIFACT_TAG: f"models/{result.selected}.keras",
+            "generator_weights": "ema" if result.averaged else "raw",
+            "generator_checkpoint": "best" if best else "last",
+            "generator_epoch": str(result.best["epoch"] if best else result.epochs_done)}
+
+
+GENERATOR_TAGS = ("generator_weights", "generator_checkpoint", "generator_epoch")  # copied to a version
+
+
+def describe_generator(tags: dict[str, str]) -> str:
+    """A run's (or a version's) generator tags in words, e.g. 'averaged weights, best FID at epoch 12'."""
+    if "generator_weights" not in tags:
+        return "raw weights, last epoch"
+    weights = "averaged (EMA) weights" if tags["generator_weights"] == "ema" else "raw weights"
+    which = "best curve FID at" if tags["generator_checkpoint"] == "best" else "last,"
+    return f"{weights}, {which} epoch {tags['generator_epoch']}"
 
 
 def log_ranking(ranking, swept: list[str]) -> None:

@@ -43,6 +43,13 @@ def run_json(module: str, args: list[str], backend: str = "tensorflow", **extra_
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def cpu_isa() -> str:
+    """The widest vector instructions this CPU has, of avx512_bf16, avx512f, avx2 and avx ("" if none)."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return next((name for name in ("avx512_bf16", "avx512f", "avx2", "avx") if name in flags), "")
+
+
 def machine() -> dict:
     from training.backend import installed_versions
     from training.tracking import PACKAGES
@@ -51,7 +58,7 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor())
     memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                      if line.startswith("MemTotal"))
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),
             "memory_gib": round(memory_kb / 2**20), "python": platform.python_version(),
             **installed_versions((*PACKAGES, "kfp"))}
 
@@ -65,6 +72,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
     parser.add_argument("--marks", default="2.5,5,10", help="quality marks, minutes of training")
+    parser.add_argument("--quality-recipes", default="project,tutorial",
+                        help="recipes the quality part trains (the others keep their saved rows)")
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]  # --only "" rewrites the page from the saved results
     unknown = sorted(set(parts) - set(PARTS))
@@ -80,6 +89,7 @@ def main() -> None:
     def timed(part, fn):
         started = time.perf_counter()
         results[part] = fn()
+        results.setdefault("machines", {})[part] = results["machine"]
         seconds[part] = round(time.perf_counter() - started)
         print(f"bench: {part} done in {seconds[part]} s", flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")  # a later part's failure loses nothing
@@ -100,8 +110,9 @@ def main() -> None:
         timed("sweep", lambda: run_json("benchmarks.sweep_throughput", ["--data", data, "--trials", "4",
                                                                         "--workers", "1,2"]))
     if "quality" in parts:
-        timed("quality", lambda: run_json("benchmarks.quality_per_minute",
-                                          ["--data", data, "--marks", args.marks])[-1]["quality_per_minute"])
+        timed("quality", lambda: results.get("quality", {}) | run_json(
+            "benchmarks.quality_per_minute", ["--data", data, "--marks", args.marks,
+                                              "--recipes", args.quality_recipes])[-1]["quality_per_minute"])
     if "jobs" in parts:
         shutil.rmtree(jobs_dir, ignore_errors=True)
         timed("jobs", lambda: run_json("benchmarks.pipeline_overhead",

@@ -29,23 +29,23 @@ def open_mlflow_run(data: str, dataset: Input[Dataset], kfp_run: str) -> str:
 
 
 @dsl.component(base_image=GPU_IMAGE)
-def train_gan(dataset: Input[Dataset], classifier: Input[Model], parent_run_id: str, checkpoint_root: str,
-              generator: Output[Model], metrics: Output[Metrics], preset: str = "seed", train_images: int = 0,
-              epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002, beta_1: float = 0.5,
-              z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5, real_label: float = 0.9,
-              fake_label: float = 0.0, ema_decay: float = 0.999, eval_every: int = 5, eval_samples: int = 2000,
-              select: str = "auto", seed: int = 0, max_steps: int = 0, precision: str = "auto",
-              devices: int = 1, log_every: int = 50, checkpoint_dir: str = "checkpoints",
-              resume: bool = False) -> str:
+def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str, generator: Output[Model],
+              metrics: Output[Metrics], classifier: Input[Model] = None, preset: str = "seed",
+              train_images: int = 0, epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
+              beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
+              real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999, eval_every: int = 5,
+              eval_samples: int = 2000, select: str = "auto", seed: int = 0, max_steps: int = 0,
+              precision: str = "auto", devices: int = 1, log_every: int = 50,
+              checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
     """Train the GAN on the dataset, checkpointing under checkpoint_root (storage that outlives the pod),
-    the classifier scoring its FID curve; `generator` is the one the run exports (averaged, best).
-    Returns the MLflow training run id."""
+    the classifier scoring its FID curve (without one, the image's cache trains its own); `generator` is
+    the one the run exports (averaged, best). Returns the MLflow training run id."""
     from training import jobs
     from training.config import TrainConfig
 
     config = TrainConfig.pick({**locals(), "data": dataset.path})
     trained = jobs.train(config, parent_run_id, checkpoint_root, generator_out=generator.path,
-                         classifier_dir=classifier.path)
+                         classifier_dir=classifier.path if classifier else None)
     if trained.resumed:
         print(f"train: resumed from a checkpoint under {checkpoint_root} (a retry, or resume=true)")
     for name, value in trained.last_metrics().items():

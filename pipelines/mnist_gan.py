@@ -98,8 +98,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                   beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
                   real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999,
                   eval_every: int = 5, eval_samples: int = 2000, select: str = "auto", seed: int = 0,
-                  max_steps: int = 0, precision: str = "auto", log_every: int = 50, checkpoint_dir: str = "checkpoints",
-                  resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
+                  max_steps: int = 0, precision: str = "auto", log_every: int = 50,
+                  checkpoint_dir: str = "checkpoints", resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
                   min_fid_gain: float = 0.0, max_classes_lost: int = 0, min_classes_covered: int = 10):
         # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_config.py holds them),
         # but for `devices`: the GPUs the training task requests, a cluster setting.

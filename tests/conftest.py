@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = (ROOT.parent / "shared" / "data" / "mnist.npz").resolve()
 # Fast settings shared by the tests that train: the tiny preset on a slice of the real digits.
-TINY = ["--preset", "tiny", "--train-images", "256", "--batch-size", "64", "--log-every", "2"]
+TINY = ["--preset", "tiny", "--train-images", "256", "--batch-size", "64", "--log-every", "2",
+        "--eval-samples", "500"]
 # The evaluator classifier is trained once (about a minute) and reused by every test and test run.
 TEST_CACHE = ROOT / ".pytest_cache" / "mnist-gan-cache"
 

@@ -48,6 +48,35 @@ def test_the_throughput_harness_times_both_sides(digits):
     assert row["project_gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["project_s_per_step"], rel=0.05)
 
 
+def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
+    from benchmarks import report
+    from benchmarks.quality_per_minute import ProjectRecipe, train_to_marks
+    from training.config import TrainConfig
+
+    config = TrainConfig(preset="tiny", batch_size=32, precision="float32")
+    recipe = ProjectRecipe(digits, config, other_decays=(0.9,))
+    probed = []
+
+    def probe(generator, weights):
+        probed.append(weights)
+        return {}
+
+    def score(sampler):  # a stand-in for the evaluator: the mean pixel of 16 samples tells them apart
+        return {"fid": float(sampler(16).mean()) + 1.0, "classifier_score": 9.5, "classes_covered": 10.0,
+                "recall": 0.5, "precision": 0.5, "kid": 0.1}
+
+    rows = train_to_marks(recipe, [0.001, 0.002], score, probe)
+    assert sorted(rows) == ["ema_0.9", "ema_0.999", "raw"] and all(len(r) == 2 for r in rows.values())
+    assert rows["raw"][-1]["fid"] != rows["ema_0.999"][-1]["fid"], "the average differs from the raw G"
+    assert len(probed) == 4 and 0 < rows["raw"][0]["curve_share"] < 1
+    recipe_info = {"preset": "tiny", "batch_size": 32, "precision": "float32", "backend": "tensorflow",
+                   "ema_decay": 0.999, "eval_every": 5, "eval_samples": 2000}
+    section = report.quality({"project_recipe": recipe_info, "project": rows, "samples": 16,
+                              "reference": {c: 1.0 for c in report.QUALITY_COLUMNS}})
+    assert "project, EMA 0.999 (the step's, the default)" in section and "project, EMA 0.9 (kept on" in section
+    assert "never worse than the raw G" in section and "The FID curve's cost" in section
+
+
 def test_the_report_rewrites_only_its_own_section(tmp_path):
     from benchmarks import report
 

@@ -63,6 +63,13 @@ def test_best_generator_needs_the_fid_curve():
     assert not TrainConfig(select="last").keeps_best
 
 
+def test_a_checkpoint_from_before_the_average_resumes_only_without_it():
+    older = {k: v for k, v in TrainConfig().to_dict().items()
+             if k not in ("ema_decay", "eval_every", "eval_samples", "select")}
+    assert TrainConfig().resume_conflicts(older) == ["ema_decay"]
+    assert TrainConfig(ema_decay=0.0, eval_every=2).resume_conflicts(older) == []
+
+
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown parameter"):
         TrainConfig.from_dict({"epochs": 1, "learning_rte": 0.1})

@@ -39,6 +39,10 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
     assert grids == [f"epoch_{e:04d}.png" for e in range(1, epochs + 1)]
     assert (artifacts / "samples.gif").read_bytes()[:6] == b"GIF89a"
     assert (artifacts / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (artifacts / "fid_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(client.get_metric_history(run_id, "curve/fid")) == 1, "the curve is scored at the end"
+    for exported in ("generator_ema", "generator_best"):
+        keras.saving.load_model(artifacts / "models" / f"{exported}.keras", safe_mode=True)
     generator = keras.saving.load_model(artifacts / "models" / "generator.keras", safe_mode=True)
     keras.saving.load_model(artifacts / "models" / "discriminator.keras", safe_mode=True)
     fake = keras.ops.convert_to_numpy(generator(np.zeros((3, 100), "float32"), training=False))
@@ -72,6 +76,13 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
     champion = client.get_model_version_by_alias(JobConfig().model_name, "champion")
     assert str(champion.version) == tags["registered_version"] == "1"
     assert champion.tags["training_run_id"] == children["train"].info.run_id
+    # the registered generator is the best averaged one, and both the output and the report say so
+    which = (champion.tags["generator_weights"], champion.tags["generator_checkpoint"],
+             champion.tags["generator_epoch"])
+    assert which == ("ema", "best", "2"), which
+    assert "exports averaged (EMA) weights, best curve FID at epoch 2" in result.stdout
+    report = Path(client.download_artifacts(children["evaluate"].info.run_id, "report/report.md", str(tmp_path)))
+    assert "(averaged (EMA) weights, best curve FID at epoch 2)" in report.read_text()
     assert not leaks([tmp_path, result.stdout, result.stderr], list(secrets.values()))
 
 

@@ -29,6 +29,9 @@ KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "t
 RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir", "devices",
                      "eval_every", "select"}
 
+# Parameters newer than some checkpoints, with the value that reproduces how those were trained.
+PREDATED_BY = {"ema_decay": 0.0}
+
 
 class ConfigError(ValueError):
     """A parameter has a value outside its allowed range; the message names both."""
@@ -147,7 +150,7 @@ class TrainConfig(_Parameters):
 
     def resume_conflicts(self, checkpointed: dict[str, Any]) -> list[str]:
         """The parameters that differ from a checkpoint's config and may not change on resume."""
-        changed = {k for k, v in checkpointed.items() if self.to_dict().get(k) != v}
+        changed = {k for k, v in (PREDATED_BY | checkpointed).items() if self.to_dict().get(k) != v}
         return sorted(changed - RESUMABLE_CHANGES)
 
 

@@ -327,7 +327,8 @@ def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkp
 
     config = trial.config(base)
     try:
-        trained = train(config, parent_run_id, checkpoint_root, trial=trial.index, classifier_dir=classifier_dir)
+        trained = train(config, parent_run_id, checkpoint_root, trial=trial.index,
+                        classifier_dir=classifier_dir)
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, samples, config.seed,
                              training_run_id=trained.run_id, parent_run_id=parent_run_id,
                              classifier_dir=classifier_dir)

@@ -127,6 +127,8 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
                         tracker.log_step(progress.global_step, values)
                     bar.update(i + 1, values=list(values.items()))
                 if sigterm.is_set() or (hit_max and not last_of_epoch):
+                    if judge and not sigterm.is_set():  # the end of the run: its last curve point
+                        _score(progress, gan, state, judge, tracker, round(epoch + (i + 1) / steps, 2))
                     progress.save(state, epoch, i + 1, run_id)
                     if sigterm.is_set():
                         raise Preempted(f"SIGTERM at step {progress.global_step}: checkpoint written "
@@ -140,13 +142,17 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
                 tracker.log_epoch(epoch + 1, epoch_metrics, grid_path)
             ending = epoch + 1 == config.epochs or 0 < config.max_steps <= progress.global_step
             if judge and ((epoch + 1) % config.eval_every == 0 or ending):
-                point = progress.score(gan, state, judge)
-                if tracker:
-                    tracker.log_curve(point["step"], {k: v for k, v in point.items() if k not in ("step", "epoch")})
+                _score(progress, gan, state, judge, tracker, epoch + 1)
             progress.save(state, epoch + 1, 0, run_id)
             if config.max_steps and progress.global_step >= config.max_steps:
                 return progress.result(gan, state, "max_steps")
     return progress.result(gan, state, "epochs")
+
+
+def _score(progress: _Progress, gan: Gan, state, judge: Judge, tracker: Tracker | None, epoch: float) -> None:
+    point = progress.score(gan, state, judge, epoch)
+    if tracker:
+        tracker.log_curve(point["step"], {k: v for k, v in point.items() if k not in ("step", "epoch")})
 
 
 def _save_grid(gan: Gan, state, z: np.ndarray, path: Path, epoch: int) -> Path:
@@ -210,11 +216,11 @@ class _Progress:
         self.epoch_values = []
         return summary
 
-    def score(self, gan: Gan, state, judge: Judge) -> dict:
-        """A point of the FID curve for the state at the end of epoch `self.epoch`: the exported
-        generator's scores (and the raw one's, as raw_*, when G is averaged); a new best is kept."""
+    def score(self, gan: Gan, state, judge: Judge, epoch: float) -> dict:
+        """A point of the FID curve for the state after `epoch` epochs: the exported generator's scores
+        (and the raw one's, as raw_*, when G is averaged); a new best is kept, before the checkpoint."""
         started = time.perf_counter()
-        point = {"step": self.global_step, "epoch": self.epoch,
+        point = {"step": self.global_step, "epoch": epoch,
                  **judge(gan.generator, gan.generator_weights(state))}
         if "g_ema" in state:
             raw = judge(gan.generator, gan.generator_weights(state, averaged=False))

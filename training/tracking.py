@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
 JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflow has not received yet
 MAX_TAG = 5000  # characters of a tag value MLflow stores
-CURVE = "curve"  # the FID curve's metrics: curve/fid, curve/raw_fid, ... at the training step they were scored
+CURVE = "curve"  # the FID curve's metrics (curve/fid, curve/raw_fid, ...), at the step they were scored
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
 
 

@@ -57,7 +57,22 @@ QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "prec
 GOAL_FID, GOAL_CLASSIFIER_SCORE, GOAL_CURVE_SHARE = 10.0, 9.0, 0.05  # at the last mark, averaged G
 
 
-def quality(results: dict) -> str:
+def ema_decay(results: dict) -> str:
+    """The quality table of a run that compares the average's decays (no goals: they are `quality`'s)."""
+    table = quality(results, goals=False)
+    project = results["project"]
+    averages = sorted(name for name in project if name != "raw")
+    marks = []
+    for i, raw in enumerate(project["raw"]):
+        lowest = min(project[name][i]["fid"] for name in averages)
+        best = [name.removeprefix("ema_") for name in averages if project[name][i]["fid"] == lowest]
+        which = "all the same" if len(best) == len(averages) else " and ".join(best)
+        marks.append(f"{raw['minutes']:g} min ({raw['steps']:,} steps): {which} ({lowest:.1f}; raw G "
+                     f"{raw['fid']:.1f})")
+    return table + "\n\nLowest FID of the averages at each mark: " + ", ".join(marks) + "."
+
+
+def quality(results: dict, goals: bool = True) -> str:
     recipe = results["project_recipe"]
     project, tutorial = results["project"], results.get("tutorial")
     steps_ema = f"ema_{recipe['ema_decay']:g}"
@@ -84,6 +99,8 @@ def quality(results: dict) -> str:
                  *(results["reference"][c] for c in QUALITY_COLUMNS)])
     table = _table(["minutes", "generator", "steps", "epochs", "FID (lower better)", "classifier score",
                     "classes covered", "recall", "precision", "KID"], rows)
+    if not goals:
+        return table
     averaged, raw = project[steps_ema], project["raw"]
     goals = []
     if tutorial:
@@ -162,7 +179,15 @@ def render(results: dict) -> str:
                   "store. Two workers share the same 2 cores.")),
                 ("quality", "### Sample quality per minute of training", quality,
                  ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone on "
-                 "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images.")),
+                  "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images. "
+                  "One training run gives the raw G's rows and the averages' (the average never feeds back "
+                  "into training).")),
+                ("ema_decay", "### The average's decay, where minutes are thousands of steps (preset `tiny`)",
+                 ema_decay,
+                 ("The same benchmark with the `tiny` preset, its step being ~20x cheaper: the averages of "
+                  "several decays kept beside the step's, scored at the same marks. Under its warm-up, "
+                  "min(decay, (1 + t) / (10 + t)), every decay of 0.99 and above is the same average for the "
+                  "first ~900 steps, so only a run of thousands of steps tells them apart.")),
                 ("jobs", "### What the jobs cost around training", jobs,
                  ("Overhead = wall time of the whole command minus the `train_seconds` its training run "
                   "logged: process start-ups, data, evaluation, reports, registration and promotion. The main "

@@ -5,7 +5,7 @@ so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json;
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
     python -m benchmarks.run_all --data ../shared/data/mnist.npz \
-        [--only throughput,data_parallel,sweep,quality,jobs,serving]
+        [--only throughput,data_parallel,sweep,quality,ema_decay,jobs,serving]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("throughput", "data_parallel", "sweep", "quality", "jobs", "serving")
+PARTS = ("throughput", "data_parallel", "sweep", "quality", "ema_decay", "jobs", "serving")
+# The average's decay compared where a run takes thousands of steps in minutes: preset tiny
+EMA_DECAY_RUN = ["--preset", "tiny", "--recipes", "project", "--other-decays", "0.99,0.995,0.9999"]
 # (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
 THROUGHPUT_RUNS = [("tensorflow", "seed", 3, 2), ("tensorflow", "small", 5, 5), ("tensorflow", "tiny", 3, 20),
                    ("jax", "seed", 3, 1), ("jax", "small", 5, 3)]
@@ -113,6 +115,9 @@ def main() -> None:
         timed("quality", lambda: results.get("quality", {}) | run_json(
             "benchmarks.quality_per_minute", ["--data", data, "--marks", args.marks,
                                               "--recipes", args.quality_recipes])[-1]["quality_per_minute"])
+    if "ema_decay" in parts:
+        timed("ema_decay", lambda: run_json("benchmarks.quality_per_minute", [
+            "--data", data, "--marks", args.marks, *EMA_DECAY_RUN])[-1]["quality_per_minute"])
     if "jobs" in parts:
         shutil.rmtree(jobs_dir, ignore_errors=True)
         timed("jobs", lambda: run_json("benchmarks.pipeline_overhead",

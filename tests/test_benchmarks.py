@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -59,6 +60,7 @@ def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
 
     def probe(generator, weights):
         probed.append(weights)
+        time.sleep(0.05)
         return {}
 
     def score(sampler):  # a stand-in for the evaluator: the mean pixel of 16 samples tells them apart
@@ -68,13 +70,15 @@ def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
     rows = train_to_marks(recipe, [0.001, 0.002], score, probe)
     assert sorted(rows) == ["ema_0.9", "ema_0.999", "raw"] and all(len(r) == 2 for r in rows.values())
     assert rows["raw"][-1]["fid"] != rows["ema_0.999"][-1]["fid"], "the average differs from the raw G"
-    assert len(probed) == 4 and 0 < rows["raw"][0]["curve_share"] < 1
+    assert len(probed) == 4 and rows["raw"][0]["curve_point_s"] >= 0.1 and 0 < rows["raw"][0]["curve_share"] < 1
     recipe_info = {"preset": "tiny", "batch_size": 32, "precision": "float32", "backend": "tensorflow",
                    "ema_decay": 0.999, "eval_every": 5, "eval_samples": 2000}
-    section = report.quality({"project_recipe": recipe_info, "project": rows, "samples": 16,
-                              "reference": {c: 1.0 for c in report.QUALITY_COLUMNS}})
+    results = {"project_recipe": recipe_info, "project": rows, "samples": 16,
+               "reference": {c: 1.0 for c in report.QUALITY_COLUMNS}}
+    section = report.quality(results)
     assert "project, EMA 0.999 (the step's, the default)" in section and "project, EMA 0.9 (kept on" in section
     assert "never worse than the raw G" in section and "The FID curve's cost" in section
+    assert "Lowest FID of the averages at each mark: " in report.ema_decay(results)
 
 
 def test_the_report_rewrites_only_its_own_section(tmp_path):

@@ -19,6 +19,12 @@ def test_frechet_distance_is_zero_for_one_distribution_and_the_squared_shift_for
     assert metrics.frechet_distance(gaussian, gaussian + shift) == pytest.approx((shift**2).sum(), rel=1e-6)
 
 
+def test_frechet_distance_from_precomputed_statistics_is_the_same(gaussian):
+    moved = gaussian[:1000] * 1.5 + 0.3
+    assert metrics.frechet_distance_between(metrics.gaussian(gaussian), metrics.gaussian(moved)) == \
+        metrics.frechet_distance(gaussian, moved)
+
+
 def test_frechet_distance_of_a_collapsed_set_is_finite(gaussian):
     collapsed = np.repeat(gaussian[:1], 100, axis=0)
     assert np.isfinite(metrics.frechet_distance(gaussian, collapsed))

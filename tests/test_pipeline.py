@@ -32,7 +32,7 @@ def test_the_task_graph(compiled):
     dependencies = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     assert dependencies == {
         "prepare-data": set(), "open-mlflow-run": {"prepare-data"}, "train-classifier": {"prepare-data"},
-        "train-gan": {"prepare-data", "open-mlflow-run"},
+        "train-gan": {"prepare-data", "open-mlflow-run", "train-classifier"},  # the FID curve's judge
         "evaluate": {"prepare-data", "open-mlflow-run", "train-gan", "train-classifier"},
         "evaluation-gate": {"evaluate"}, "register": {"open-mlflow-run", "train-gan", "evaluate"},
         # promote checks the generator artifact itself, so it also waits on train-gan

@@ -24,10 +24,11 @@ def decay_at(decay: float, t):
 
 
 def init(trainable: list, non_trainable: list) -> dict[str, list]:
-    """The average of a generator with these weights: a float32 copy of each, and t = 0."""
+    """The average of a generator with these weights: a float32 copy of each (its own buffer: a compiled
+    step that donates the state must not find one buffer twice in it), and t = 0."""
     return {"t": [ops.zeros((), "float32")],
-            "trainable": [ops.cast(w, "float32") for w in trainable],
-            "non_trainable": [ops.cast(w, "float32") for w in non_trainable]}
+            "trainable": [ops.copy(ops.cast(w, "float32")) for w in trainable],
+            "non_trainable": [ops.copy(ops.cast(w, "float32")) for w in non_trainable]}
 
 
 def update(ema: dict[str, list], trainable: list, non_trainable: list, decay: float) -> dict[str, list]:

@@ -18,8 +18,6 @@ from training.classifier import MnistClassifier
 from training.data import CACHE_DIR, Mnist, to_unit_range
 from training.sampling import latents, render
 
-CURVE_METRICS = ("fid", "classifier_score", "classes_covered")  # what the curve during training logs
-
 
 @dataclass
 class Evaluation:
@@ -69,13 +67,14 @@ class QualityProbe:
 
     def __init__(self, classifier: MnistClassifier, mnist: Mnist, n: int, seed: int = 0):
         self.classifier, self.n, self.seed = classifier, n, seed
-        self.real_features, self.reference, _ = real_reference(classifier, mnist, n, seed)
+        real_features, self.reference, _ = real_reference(classifier, mnist, n, seed)
+        self.real = metrics.gaussian(real_features)
 
     def __call__(self, generator: keras.Model, weights: tuple[list, list]) -> dict[str, float]:
         """Scores of `generator` with `weights` (trainable, non-trainable) in place of its own."""
         z = latents(self.n, generator.input_shape[-1], seed=(self.seed, 2**31 + 1))
         features, probabilities = self.classifier.features_and_probabilities(render(generator, z, weights))
-        return {"fid": metrics.frechet_distance(self.real_features, features),
+        return {"fid": metrics.frechet_distance_between(self.real, metrics.gaussian(features)),
                 "classifier_score": metrics.classifier_score(probabilities),
                 "classes_covered": float(metrics.class_coverage(probabilities)["classes_covered"])}
 

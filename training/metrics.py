@@ -16,6 +16,7 @@ HEADLINE = ("fid", "kid", "classifier_score", "precision", "recall", "classes_co
 LOWER_IS_BETTER = {"fid", "kid", "kl_to_uniform"}
 
 NUM_CLASSES = 10
+Gaussian = tuple[np.ndarray, np.ndarray]  # mean (D,), covariance (D, D)
 
 
 def _check_2d(name: str, x: np.ndarray) -> np.ndarray:
@@ -28,9 +29,18 @@ def _check_2d(name: str, x: np.ndarray) -> np.ndarray:
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^1/2) of Gaussians fitted to (N, D) features
     (Heusel et al. 2017, "FID"). 0 for identical distributions; compare only at equal N."""
-    real, fake = _check_2d("real", real), _check_2d("fake", fake)
-    mu_r, mu_f = real.mean(0), fake.mean(0)
-    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    return frechet_distance_between(gaussian(_check_2d("real", real)), gaussian(_check_2d("fake", fake)))
+
+
+def gaussian(features: np.ndarray) -> Gaussian:
+    """The mean (D,) and covariance (D, D) of (N, D) features: what FID compares, computed once per set."""
+    features = _check_2d("features", features)
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance_between(real: Gaussian, fake: Gaussian) -> float:
+    """FID from two `gaussian`s (mean, covariance)."""
+    (mu_r, cov_r), (mu_f, cov_f) = real, fake
     with warnings.catch_warnings():  # a singular product is handled just below
         warnings.simplefilter("ignore")
         covmean, _ = linalg.sqrtm(cov_r @ cov_f, disp=False)

@@ -6,6 +6,7 @@ and serving verify it). When a version becomes `champion` is training/promotion.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,11 +49,14 @@ def log_generator(generator_file: Path) -> str:
     """Log the generator as a pyfunc model of the active (training) run; returns its LoggedModel id.
     Its sha256 goes into the model's config and tags, so every later load can check the file."""
     digest = file_sha256(generator_file)
-    info = mlflow.pyfunc.log_model(
-        name="generator", python_model=str(SERVING_CODE), artifacts={"generator": str(generator_file)},
-        code_paths=[str(SERVING_CODE.parent)], signature=SIGNATURE,
-        input_example=pd.DataFrame({"seed": [0], "n": [2]}), pip_requirements=_requirements(),
-        model_config={CHECKSUM_KEY: digest}, tags={CHECKSUM_KEY: digest})
+    with tempfile.TemporaryDirectory() as tmp:  # the model holds it as artifacts/generator.keras, whatever
+        named = Path(tmp) / Path(GENERATOR_IN_MODEL).name  # the file it came from (generator_best.keras...)
+        shutil.copyfile(generator_file, named)
+        info = mlflow.pyfunc.log_model(
+            name="generator", python_model=str(SERVING_CODE), artifacts={"generator": str(named)},
+            code_paths=[str(SERVING_CODE.parent)], signature=SIGNATURE,
+            input_example=pd.DataFrame({"seed": [0], "n": [2]}), pip_requirements=_requirements(),
+            model_config={CHECKSUM_KEY: digest}, tags={CHECKSUM_KEY: digest})
     return info.model_id
 
 

@@ -14,6 +14,7 @@ from training.data import (
     KNOWN_SHA256,
     DataError,
     epoch_batches,
+    file_sha256,
     load_mnist,
     read_npz,
     steps_per_epoch,
@@ -172,3 +173,19 @@ def test_url_whose_digest_differs_from_the_published_one_is_refused(http_server,
     with pytest.raises(DataError, match=f"{url}: sha256 {REAL_SHA256} does not match the published 0+"):
         load_mnist(url)
     assert list(cache.iterdir()) == [], "the rejected download was removed from the cache"
+
+
+def test_data_download_writes_a_checked_local_copy_and_never_overwrites(http_server, tmp_path):
+    from tests.conftest import run_cli
+
+    url, target = f"{http_server}/mnist.npz", tmp_path / "offline" / "mnist.npz"
+    done = run_cli(["data", "download", "--data", url, "--to", str(target)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert file_sha256(target) == REAL_SHA256 and f"--data {target}" in done.stdout
+    again = run_cli(["data", "download", "--data", url, "--to", str(target)], tmp_path)
+    assert again.returncode == 2 and "exists; choose a new file" in again.stderr
+    assert file_sha256(target) == REAL_SHA256, "the existing copy is untouched"
+    missing = run_cli(["data", "download", "--data", f"{http_server}/gone.npz", "--to",
+                       str(tmp_path / "other.npz")], tmp_path)
+    assert missing.returncode == 2 and f"{http_server}/gone.npz: download failed" in missing.stderr
+    assert not (tmp_path / "other.npz").exists()

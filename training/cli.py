@@ -303,6 +303,31 @@ def _sample_lines(done) -> list[str]:
     return [f"sample: {count} images -> {out} and {out.with_suffix('.png')}"]
 
 
+def _data_flags(parser):
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
+    download = actions.add_parser("download", help="fetch MNIST, check it, and write a local copy")
+    data = param(TrainConfig, "data")
+    add_flag(download, data, default=data.default)
+    download.add_argument("--to", required=True, type=Path, help="the .npz to write (must not exist)")
+
+
+def _data(args):
+    from training import jobs
+
+    if args.to.exists():
+        raise ConfigError(f"to={args.to} exists; choose a new file (nothing is overwritten)")
+    if args.to.suffix != ".npz":
+        raise ConfigError(f"to must end in .npz (got {args.to})")
+    return lambda: (jobs.download_data(args.data, args.to), args.to)
+
+
+def _data_lines(done) -> list[str]:
+    mnist, target = done
+    counts = f"{len(mnist.x_train):,} training and {len(mnist.x_test):,} test images"
+    return [f"data: {mnist.source} checked (sha256 {mnist.sha256[:16]}..., {counts}), written to {target}",
+            f"data: train offline with --data {target} (mlflow run: -P data={target})"]
+
+
 def _model_name_flag(parser):
     _job_flags(parser, ("model_name",))
 
@@ -322,6 +347,8 @@ COMMANDS: dict[str, Command] = {
                         _rollback_lines),
     "sample": Command("write N generated digits to .npz and a PNG grid", _sample_flags, _sample,
                       _sample_lines, tracked=False),
+    "data": Command("data download: a checked local copy of MNIST, for machines without internet",
+                    _data_flags, _data, _data_lines, tracked=False),
 }
 
 

@@ -485,6 +485,19 @@ def _outcome(trial, result, parent_run_id: str):
 
 # The pipeline's own steps: the dataset as an artifact, the parent run, the classifier, the gate.
 
+def download_data(source: str, target: Path):
+    """Fetch MNIST from `source` (the public URL by default), check it (sha256, shapes, labels) and write
+    the verified file to `target`, a local copy for offline runs (`--data target`); returns data.Mnist."""
+    from training.data import load_mnist
+
+    mnist = load_mnist(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(mnist.path, partial)
+    partial.replace(target)
+    return mnist
+
+
 def prepare_data(data: str, dataset_out: str) -> None:
     """Validate MNIST and write the verified bytes as the pipeline's dataset artifact: the same source
     gives the same artifact (so Kubeflow caches this task and the classifier trained on it) and the same

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Entry point of the tracking-server image: MLflow with its basic-auth app, runs, registry and users in
-the backend store (PostgreSQL), artifacts proxied to S3. It takes no arguments; a Kubernetes secret and
-the manifest's env configure it:
+the backend store (PostgreSQL), artifacts proxied to S3. Without arguments it serves; with the one
+argument `upgrade-db` it only brings the backend store's schema up to this MLflow (`mlflow db upgrade`)
+and exits, which the Kubernetes manifest runs as an init container, so that an MLflow upgrade migrates
+the database before the new server starts. A Kubernetes secret and the manifest's env configure it:
 
   MLFLOW_BACKEND_STORE_URI        postgresql://USER:PASSWORD@HOST:5432/DB (also holds the users)
   MLFLOW_ARTIFACTS_DESTINATION    s3://BUCKET[/PREFIX] (the bucket is created when missing)
@@ -63,7 +65,19 @@ def auth_config(backend_store_uri: str) -> Path:
     return path
 
 
-def main() -> None:
+def upgrade_db() -> None:
+    """`mlflow db upgrade` of MLFLOW_BACKEND_STORE_URI: a no-op on an up-to-date schema, creates a new one."""
+    backend_store_uri = os.environ.get("MLFLOW_BACKEND_STORE_URI")
+    if not backend_store_uri:
+        fail("set MLFLOW_BACKEND_STORE_URI (the database to upgrade)")
+    os.execvp("mlflow", ["mlflow", "db", "upgrade", backend_store_uri])
+
+
+def main(args: list[str]) -> None:
+    if args == ["upgrade-db"]:
+        upgrade_db()
+    if args:
+        fail(f"unknown arguments {' '.join(args)}: run without arguments to serve, or with upgrade-db")
     missing = [name for name in REQUIRED if not os.environ.get(name)]
     if missing:
         fail(f"set {', '.join(missing)} (see the image's documentation in infra/tracking_server.py)")
@@ -81,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -3,6 +3,7 @@ stack, started and stopped for real."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -60,3 +61,26 @@ def test_local_stack_starts_prints_its_env_and_stops_cleanly(tmp_path):
     assert "# services stopped" in process.stdout.read()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{uri}/health", timeout=3)
+
+
+def test_the_server_entry_point_upgrades_a_database_schema_and_refuses_other_arguments(tmp_path):
+    import sqlite3
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'store.db'}"}
+
+    def entry_point(*args: str, without: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "infra" / "tracking_server.py"), *args],
+                              env={k: v for k, v in env.items() if k != without}, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    done = entry_point("upgrade-db")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        tables = {name for (name,) in db.execute("select name from sqlite_master where type = 'table'")}
+    assert {"runs", "registered_models", "alembic_version"} <= tables
+    assert entry_point("upgrade-db").returncode == 0, "an up-to-date schema is left as it is"
+    refused = entry_point("upgrade-db", without="MLFLOW_BACKEND_STORE_URI")
+    assert refused.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI" in refused.stderr
+    unknown = entry_point("serve-please")
+    assert unknown.returncode == 2 and "unknown arguments serve-please" in unknown.stderr

@@ -53,7 +53,9 @@ def pod_specs(objects: list[dict]) -> list[dict]:
 
 
 def containers(objects: list[dict]) -> dict[str, dict]:
-    return {container["name"]: container for pod in pod_specs(objects) for container in pod["containers"]}
+    """Every container of every pod, init containers included, by name."""
+    return {container["name"]: container for pod in pod_specs(objects)
+            for container in pod.get("initContainers", []) + pod["containers"]}
 
 
 def env_keys(path: Path) -> set[str]:
@@ -103,6 +105,16 @@ def test_mlflow_answers_to_its_service_names_and_requires_a_login(tracking):
     assert mlflow["readinessProbe"]["httpGet"]["path"] == mlflow["livenessProbe"]["httpGet"]["path"] == "/health"
 
 
+def test_the_server_upgrades_its_database_schema_before_it_starts(tracking):
+    (pod,) = [pod for pod in pod_specs(tracking) if any(c["name"] == "mlflow" for c in pod["containers"])]
+    (upgrade,) = pod["initContainers"]
+    assert upgrade["args"] == ["upgrade-db"] and upgrade["image"] == containers(tracking)["mlflow"]["image"]
+    server_env = {v["name"]: v for v in containers(tracking)["mlflow"]["env"]}
+    for variable in upgrade["env"]:  # the same database as the server's
+        assert variable == server_env[variable["name"]]
+    assert {v["name"] for v in upgrade["env"]} >= {"MLFLOW_BACKEND_STORE_URI"}
+
+
 def test_env_references_resolve(tracking):
     """A `$(VAR)` stays literal text unless VAR comes earlier in the list; a pod whose secretKeyRef names a
     missing key never starts."""
@@ -123,7 +135,7 @@ def test_every_pod_runs_unprivileged_limited_and_pinned(tracking):
     for pod in pod_specs(tracking):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        for container in pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             assert container["securityContext"] == {"allowPrivilegeEscalation": False,
                                                     "capabilities": {"drop": ["ALL"]}}
             resources = container["resources"]

@@ -156,7 +156,9 @@ def test_pipeline_objects_take_the_namespace_they_are_applied_to(tmp_path):
 def test_compose_runs_the_same_images_on_localhost_only(tracking):
     text = (COMPOSE / "docker-compose.yaml").read_text()
     services = yaml.safe_load(text)["services"]
-    assert set(services) == {"postgres", "seaweedfs", "mlflow"}
+    assert set(services) == {"postgres", "seaweedfs", "upgrade-db", "mlflow"}
+    assert services["upgrade-db"]["command"] == ["upgrade-db"]
+    assert services["mlflow"]["depends_on"]["upgrade-db"] == {"condition": "service_completed_successfully"}
     published = [port for service in services.values() for port in service.get("ports", [])]
     assert published and all(port.startswith("127.0.0.1:") for port in published)
     defined = env_keys(COMPOSE / ".env.example")

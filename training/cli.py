@@ -222,11 +222,16 @@ def _rollback(args):
 def _sample(args):
     from training import jobs
 
-    if args.out.exists():
-        raise ConfigError(f"out={args.out} exists; choose a new file (nothing is overwritten)")
-    if args.out.suffix != ".npz":
-        raise ConfigError(f"out must end in .npz (got {args.out})")
+    _check_new_npz("out", args.out)
     return lambda: (args.count, jobs.sample(args.model_uri, args.count, args.seed, args.out))
+
+
+def _check_new_npz(flag: str, path: Path) -> None:
+    """A file a command is about to write: an .npz that does not exist yet (nothing is overwritten)."""
+    if path.exists():
+        raise ConfigError(f"{flag}={path} exists; choose a new file (nothing is overwritten)")
+    if path.suffix != ".npz":
+        raise ConfigError(f"{flag} must end in .npz (got {path})")
 
 
 # ---- what a person reads ----
@@ -314,10 +319,7 @@ def _data_flags(parser):
 def _data(args):
     from training import jobs
 
-    if args.to.exists():
-        raise ConfigError(f"to={args.to} exists; choose a new file (nothing is overwritten)")
-    if args.to.suffix != ".npz":
-        raise ConfigError(f"to must end in .npz (got {args.to})")
+    _check_new_npz("to", args.to)
     return lambda: (jobs.download_data(args.data, args.to), args.to)
 
 

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from training import checks
+from training import checks, console
 from training.config import (
     MAX_SAMPLES,
     ConfigError,
@@ -362,6 +362,8 @@ def commands() -> dict[str, Command]:
 
 def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"also show TensorFlow's and MLflow's own notices (or {console.LEVEL_VARIABLE}=debug)")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, command in (table or commands()).items():
         command.add_arguments(subparsers.add_parser(name, help=command.help))
@@ -371,6 +373,7 @@ def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentPa
 def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
+    console.configure(console.verbose_requested(args.verbose))
     command = table[args.command]
     try:
         run = command.prepare(args)

@@ -25,6 +25,7 @@ from training.adam import Adam
 from training.config import TrainConfig
 from training.data import epoch_batches, steps_per_epoch
 from training.models import PRESET_WIDTHS, build_discriminator, build_generator
+from training.progress import Progress
 from training.sampling import latents, render
 from training.step import Gan, LatentSampler, Recipe
 
@@ -110,8 +111,7 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
         for epoch in range(progress.epoch, config.epochs):
             batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
                                                config.seed, epoch)
-            bar = keras.utils.Progbar(steps, stateful_metrics=METRICS + ("images_per_sec",))
-            print(f"Epoch {epoch + 1}/{config.epochs}")
+            display = Progress(epoch + 1, config.epochs, steps, METRICS + ("images_per_sec",))
             window = _Window(config.batch_size * config.n_iter_d)
             for i in range(progress.step_in_epoch, steps):
                 state, metrics = step_fn(state, device_images, batches[i])
@@ -125,7 +125,7 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
                     progress.record(values, progress.global_step)
                     if tracker:
                         tracker.log_step(progress.global_step, values)
-                    bar.update(i + 1, values=list(values.items()))
+                    display.update(i + 1, values, last=last_of_epoch or stopping)
                 if sigterm.is_set() or (hit_max and not last_of_epoch):
                     if judge and not sigterm.is_set():  # the end of the run: its last curve point
                         _score(progress, gan, state, judge, tracker, round(epoch + (i + 1) / steps, 2))

@@ -1,0 +1,24 @@
+"""What the console shows: the project's own lines (what happened, where the result is); the start-up
+notices of TensorFlow, absl and MLflow only when asked for, with `--verbose` or
+MNIST_GAN_LOG_LEVEL=debug. Called by the CLI before anything imports them (they read their settings at
+import)."""
+
+from __future__ import annotations
+
+import os
+
+LEVEL_VARIABLE = "MNIST_GAN_LOG_LEVEL"
+
+
+def verbose_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(LEVEL_VARIABLE, "").lower() == "debug"
+
+
+def configure(verbose: bool) -> None:
+    """Third-party logging at its defaults when verbose; else warnings and errors only (a user's own
+    settings of these variables win)."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # oneDNN, CPU features, grappler: C++ notices
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # system-metrics start/stop, database set-up
+    os.environ.setdefault("KFP_LOG_LEVEL", "WARNING")

@@ -1,0 +1,55 @@
+"""What a person watches while training runs: Keras' live bar on a terminal, and elsewhere (a pod's log,
+CI, a captured `mlflow run`) one plain line now and then, never the bar's backspaces.
+
+    epoch 3/200  step 150/469  d_loss 0.6641  g_loss 0.8472  1,234 images/s  epoch ETA 0:03:12
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from typing import TextIO
+
+PLAIN_EVERY_S = float(os.environ.get("MNIST_GAN_PROGRESS_EVERY_S", "30"))
+SHOWN = ("d_loss", "g_loss")
+
+
+class Progress:
+    """One epoch's display. `update` takes the step within the epoch (1-based) and the metrics just
+    flushed; `done` closes the epoch."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, metric_names: tuple[str, ...],
+                 stream: TextIO | None = None):
+        self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.started = time.perf_counter()
+        self.first_step: int | None = None
+        self.last_line = 0.0
+        if self.live:
+            import keras
+
+            print(f"Epoch {epoch}/{epochs}", file=self.stream)
+            self.bar = keras.utils.Progbar(steps, stateful_metrics=metric_names)
+
+    def update(self, step: int, values: dict[str, float], last: bool = False) -> None:
+        if self.first_step is None:
+            self.first_step = step - 1  # a resumed epoch starts mid-way
+        if self.live:
+            self.bar.update(step, values=list(values.items()))
+            return
+        now = time.perf_counter()
+        if last or now - self.last_line >= PLAIN_EVERY_S:
+            self.last_line = now
+            print(self.line(step, values, now), file=self.stream, flush=True)
+
+    def line(self, step: int, values: dict[str, float], now: float) -> str:
+        done = step - (self.first_step or 0)
+        per_step = (now - self.started) / max(done, 1)
+        eta = datetime.timedelta(seconds=round(per_step * (self.steps - step)))
+        losses = "  ".join(f"{name} {values[name]:.4f}" for name in SHOWN if name in values)
+        rate = f"{values['images_per_sec']:,.0f} images/s" if "images_per_sec" in values else ""
+        return (f"epoch {self.epoch}/{self.epochs}  step {step}/{self.steps}  {losses}  {rate}  "
+                f"epoch ETA {eta}").replace("    ", "  ")

@@ -271,7 +271,29 @@ def promoted_lines(promoted) -> list[str]:
 def _main_lines(done) -> list[str]:
     return [trained_line(done.trained), evaluated_line(done.evaluated),
             registered_line(done.promoted.name, done.version), *promoted_lines(done.promoted),
-            f"main: run {done.run_id} done"]
+            *summary_lines(done)]
+
+
+def summary_lines(done) -> list[str]:
+    """What a person acts on after `main`: the champion and why, the FID against real images, and where
+    to look further."""
+    import mlflow
+
+    decision, name = done.promoted.decision, done.promoted.name
+    champion = decision.challenger if decision.promote else decision.champion
+    moved = "moved to it" if decision.promote else f"not moved ({decision.reason})"
+    evaluation = done.evaluated.evaluation
+    uri = mlflow.get_tracking_uri()
+    where = (f"open {done.evaluated.link}" if uri.startswith(("http://", "https://"))
+             else f"mlflow ui --backend-store-uri {uri}")
+    fid = (f"FID {evaluation.metrics['fid']:.4g} on {len(evaluation.samples):,} samples "
+           f"(real images score {evaluation.reference['fid']:.4g})")
+    return [f"main: done (run {done.run_id})",
+            f"  champion: {name} version {champion}; alias 'champion' {moved}",
+            f"  {fid}",
+            f"  look further: {where}",
+            f"                report: runs:/{done.evaluated.run_id}/report/report.html",
+            f"                serve: make serve MODEL_URI=models:/{name}@champion"]
 
 
 def _sweep_lines(done) -> list[str]:

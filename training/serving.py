@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -64,7 +65,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.generator = keras.saving.load_model(path, safe_mode=True, compile=False)
         self.z_dim = int(self.generator.input_shape[-1])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         from training.plots import to_uint8
         from training.sampling import render
 

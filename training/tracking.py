@@ -140,8 +140,15 @@ def evaluation_dataset(mnist: Mnist):
                                   name="mnist-test", digest=mnist.sha256[32:64])
 
 
-def _source(mnist: Mnist) -> str:
-    return mnist.source if "://" in mnist.source else str(Path(mnist.source).resolve())
+def _source(mnist: Mnist):
+    """Where the data came from, as the one MLflow DatasetSource it is. (Asked to guess from a local
+    path, MLflow finds two local-file sources, one per scheme it registers, and warns.)"""
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+    if "://" in mnist.source:  # https or s3: one source each
+        return resolve_dataset_source(mnist.source)
+    local = [s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource"][-1:]
+    return resolve_dataset_source(str(Path(mnist.source).resolve()), candidate_sources=local)
 
 
 def log_final(result: TrainResult, directory: Path) -> Path:

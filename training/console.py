@@ -19,6 +19,10 @@ def configure(verbose: bool) -> None:
     settings of these variables win)."""
     if verbose:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # oneDNN, CPU features, grappler: C++ notices
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # system-metrics start/stop, database set-up
-    os.environ.setdefault("KFP_LOG_LEVEL", "WARNING")
+    for name, quiet in QUIET.items():
+        if not os.environ.get(name):
+            os.environ[name] = quiet
+
+
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's C++ notices: oneDNN, CPU features, grappler
+         "MLFLOW_LOGGING_LEVEL": "WARNING"}  # system-metrics start/stop, database set-up

@@ -2,22 +2,29 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-# cpu,jax,dev here and in CI; on a CUDA machine: make run EXTRAS=gpu,jax,dev (after rm -rf .venv)
+# cpu,jax,dev here and in CI; on a CUDA machine: make run EXTRAS=gpu,jax-cuda,dev (after rm -rf .venv).
+# Each set of extras installs from its hashed export of uv.lock, requirements/<extras joined by ->.txt.
 EXTRAS ?= cpu,jax,dev
 PARAMS ?=
 comma := ,
 BIN := $(abspath $(VENV))/bin
+LOCKED := requirements/$(subst $(comma),-,$(EXTRAS)).txt
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install run test lint lock mlproject clean serve services images image push bench
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml $(LOCKED)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCKED)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+requirements/%.txt:
+	@echo "EXTRAS=$(EXTRAS) has no locked export ($@): pick one of requirements/*.txt," \
+		"or add it to infra/lockfiles.py and run make lock" >&2; exit 2
 
 # The main job, tracked to $$MLFLOW_TRACKING_URI or MLflow's default sqlite:///mlflow.db.
 run: install
@@ -45,9 +52,11 @@ bench: install
 mlproject: install
 	$(BIN)/python -m infra.mlproject > MLproject
 
-# Re-pin every transitive dependency after changing pyproject.toml.
+# Re-lock every extra on every platform after changing pyproject.toml (uv.lock), then rewrite what is
+# derived from it: requirements/*.txt and conda.yaml.
 lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+	$(BIN)/uv lock
+	$(BIN)/python -m infra.lockfiles
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints
@@ -78,13 +87,13 @@ BUILD = $(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTH
 
 # What the tests run: the CPU and tracking-server images, and PostgreSQL from Debian's packages.
 images:
-	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=cpu -t $(IMAGE) .
+	$(BUILD) -f infra/docker/Dockerfile --build-arg REQUIREMENTS=cpu -t $(IMAGE) .
 	$(BUILD) -f infra/docker/server.Dockerfile -t $(SERVER_IMAGE) .
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
 		-f infra/docker/postgres.Dockerfile -t $(TEST_POSTGRES_IMAGE) .
 
 image: images
-	$(BUILD) -f infra/docker/Dockerfile --build-arg EXTRAS=gpu,jax-cuda -t $(IMAGE)-cuda .
+	$(BUILD) -f infra/docker/Dockerfile --build-arg REQUIREMENTS=gpu-jax-cuda -t $(IMAGE)-cuda .
 
 push: image
 	$(CONTAINER_ENGINE) push $(IMAGE)

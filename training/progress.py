@@ -18,7 +18,7 @@ SHOWN = ("d_loss", "g_loss")
 
 class Progress:
     """One epoch's display. `update` takes the step within the epoch (1-based) and the metrics just
-    flushed; `done` closes the epoch."""
+    flushed (`last` at the end of the epoch or the run)."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, metric_names: tuple[str, ...],
                  stream: TextIO | None = None):

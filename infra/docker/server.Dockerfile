@@ -12,9 +12,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GIT_PYTHON_REFRESH=quiet
 
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid app --create-home app
-COPY requirements.lock /tmp/requirements.lock
-RUN python -m pip install -c /tmp/requirements.lock "mlflow[auth]" "psycopg[binary]" boto3 \
- && rm /tmp/requirements.lock \
+# The project's `server` extra as locked: MLflow, psycopg, boto3 and the rest of the main dependencies.
+COPY requirements/server.txt /tmp/requirements.txt
+RUN python -m pip install --require-hashes --no-deps -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
  && python -c "import mlflow.server.auth, psycopg, boto3"
 COPY --chmod=755 infra/tracking_server.py /usr/local/bin/mnist-gan-tracking-server
 

@@ -30,7 +30,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
 }
 CONDA = ("--extra=gpu", "--extra=jax-cuda")  # `mlflow run .` trains on a GPU (and runs on a CPU too)
 
-GENERATED = "# Generated from uv.lock by `make lock` (infra/lockfiles.py); edit pyproject.toml, not this file."
+GENERATED = "# Generated from uv.lock by `make lock` (infra/lockfiles.py); edit pyproject.toml, not this."
 
 
 def uv_export(selection: tuple[str, ...], hashes: bool = True) -> str:
@@ -45,8 +45,8 @@ def uv_export(selection: tuple[str, ...], hashes: bool = True) -> str:
 
 def requirements(name: str) -> str:
     selection = " ".join(EXPORTS[name])
-    return (f"{GENERATED}\n# pip install --require-hashes -r requirements/{name}.txt  (uv export {selection})\n"
-            + uv_export(EXPORTS[name]))
+    usage = f"# pip install --require-hashes -r requirements/{name}.txt  (uv export {selection})"
+    return f"{GENERATED}\n{usage}\n" + uv_export(EXPORTS[name])
 
 
 def conda_yaml() -> str:

@@ -8,7 +8,8 @@ import re
 from tests.conftest import TINY, run_cli
 
 THIRD_PARTY = re.compile(r"mlflow\.(system_metrics|store)|cpu_feature_guard|oneDNN|absl::|UserWarning|"
-                         r"Add type hints|interpreted in multiple ways|grappler|NodeDef|^I0000|^W0000|^E0000")
+                         r"Add type hints|interpreted in multiple ways|grappler|NodeDef|^I0000|^W0000|^E0000|"
+                         r"Successfully registered model|Created version|WARNING mlflow|\d+/\d+ - \d+s")
 
 
 def test_main_in_a_pipe_prints_progress_lines_and_a_summary_and_nothing_else(tmp_path, mnist_path):

@@ -81,12 +81,15 @@ def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = 3) 
     directory = (cache_dir or CACHE_DIR / "evaluator") / key
     if (directory / "meta.json").is_file():
         return load(directory)
+    print(f"evaluator: training the MNIST classifier that judges samples ({epochs} epochs, once per MNIST "
+          "file)", flush=True)
     model, accuracy = _train(mnist, epochs)
     if accuracy < MIN_TEST_ACCURACY:
         raise ClassifierError(f"the MNIST classifier reached {accuracy:.4f} test accuracy, below "
                               f"{MIN_TEST_ACCURACY}")
     trained = MnistClassifier(model, key, accuracy)
     save(trained, directory)
+    print(f"evaluator: test accuracy {accuracy:.2%}, cached in {directory}", flush=True)
     return trained
 
 
@@ -114,6 +117,6 @@ def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"])
     x_train, x_test = to_unit_range(mnist.x_train), to_unit_range(mnist.x_test)
-    model.fit(x_train, mnist.y_train.astype("int32"), batch_size=128, epochs=epochs, verbose=2)
+    model.fit(x_train, mnist.y_train.astype("int32"), batch_size=128, epochs=epochs, verbose=0)
     _, accuracy = model.evaluate(x_test, mnist.y_test.astype("int32"), batch_size=1000, verbose=0)
     return model, float(accuracy)

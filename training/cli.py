@@ -384,12 +384,18 @@ def commands() -> dict[str, Command]:
 
 def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help=f"also show TensorFlow's and MLflow's own notices (or {console.LEVEL_VARIABLE}=debug)")
+    _add_verbose(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, command in (table or commands()).items():
-        command.add_arguments(subparsers.add_parser(name, help=command.help))
+        subparser = subparsers.add_parser(name, help=command.help)
+        _add_verbose(subparser, default=argparse.SUPPRESS)  # a flag before the command survives
+        command.add_arguments(subparser)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help=f"show TensorFlow's and MLflow's notices too ({console.LEVEL_VARIABLE}=debug)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,11 +72,11 @@ def register(model_id: str, name: str, tags: dict[str, str], evaluation: dict[st
     `challenger`; the version points at the run that trained it. Returns the new version."""
     client = MlflowClient()
     logged = client.get_logged_model(model_id)
-    version = str(mlflow.register_model(f"models:/{model_id}", name).version)
     all_tags = {"training_run_id": logged.source_run_id, CHECKSUM_KEY: logged.tags.get(CHECKSUM_KEY, ""),
                 **tags, **{f"eval.{k}": str(v) for k, v in evaluation.items()}}
-    for key, value in all_tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    _ensure_registered_model(client, name)
+    version = str(client.create_model_version(name, f"models:/{model_id}", tags=all_tags,
+                                              model_id=model_id).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
@@ -173,9 +173,10 @@ def copy_to_registry(name: str, version: str, target_uri: str, target_name: str 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
-        client.get_registered_model(name)
-    except MlflowException:
         client.create_registered_model(name)
+    except MlflowException as error:  # another registration may create it at the same moment
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

@@ -27,3 +27,21 @@ def test_main_in_a_pipe_prints_progress_lines_and_a_summary_and_nothing_else(tmp
     assert re.match(r"  FID [\d.]+ on 500 samples \(real images score [\d.]+\)", summary[2])
     assert "mlflow ui --backend-store-uri sqlite:///" in summary[3] and "report.html" in summary[4]
     assert len([line for line in lines if not line.startswith("epoch ")]) < 25
+
+
+def test_progress_lines_in_a_pipe_give_the_eta_at_the_recent_pace(monkeypatch):
+    import io
+
+    from training import progress
+
+    clock = iter([0.0, 100.0, 110.0, 111.0])  # the first window holds compilation: slow
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    stream = io.StringIO()
+    display = progress.Progress(3, 5, 100, ("d_loss", "g_loss"), first_step=0, stream=stream)
+    for step in (10, 20, 30):
+        display.update(step, {"d_loss": 0.5, "g_loss": 1.25, "images_per_sec": 1234.4})
+    assert stream.getvalue().splitlines() == [
+        "epoch 3/5  step 10/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:15:00",
+        "epoch 3/5  step 20/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:01:20",
+        "epoch 3/5  step 30/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:00:07"]

@@ -281,7 +281,7 @@ def summary_lines(done) -> list[str]:
 
     decision, name = done.promoted.decision, done.promoted.name
     champion = decision.challenger if decision.promote else decision.champion
-    moved = "moved to it" if decision.promote else f"not moved ({decision.reason})"
+    moved = f"{'moved to it' if decision.promote else 'not moved'} ({decision.reason})"
     evaluation = done.evaluated.evaluation
     uri = mlflow.get_tracking_uri()
     where = (f"open {done.evaluated.link}" if uri.startswith(("http://", "https://"))
@@ -289,7 +289,8 @@ def summary_lines(done) -> list[str]:
     fid = (f"FID {evaluation.metrics['fid']:.4g} on {len(evaluation.samples):,} samples "
            f"(real images score {evaluation.reference['fid']:.4g})")
     return [f"main: done (run {done.run_id})",
-            f"  champion: {name} version {champion}; alias 'champion' {moved}",
+            f"  champion: {name} version {champion}; alias 'champion' {moved}" if champion else
+            f"  champion: none for {name}; version {decision.challenger} {moved}",
             f"  {fid}",
             f"  look further: {where}",
             f"                report: runs:/{done.evaluated.run_id}/report/report.html",

@@ -111,7 +111,8 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
         for epoch in range(progress.epoch, config.epochs):
             batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
                                                config.seed, epoch)
-            display = Progress(epoch + 1, config.epochs, steps, METRICS + ("images_per_sec",))
+            display = Progress(epoch + 1, config.epochs, steps, METRICS + ("images_per_sec",),
+                               first_step=progress.step_in_epoch)
             window = _Window(config.batch_size * config.n_iter_d)
             for i in range(progress.step_in_epoch, steps):
                 state, metrics = step_fn(state, device_images, batches[i])

@@ -18,15 +18,15 @@ SHOWN = ("d_loss", "g_loss")
 
 class Progress:
     """One epoch's display. `update` takes the step within the epoch (1-based) and the metrics just
-    flushed (`last` at the end of the epoch or the run)."""
+    flushed (`last` at the end of the epoch or the run); `first_step` is where a resumed epoch starts.
+    The ETA uses the pace since the previous update."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, metric_names: tuple[str, ...],
-                 stream: TextIO | None = None):
+                 first_step: int = 0, stream: TextIO | None = None):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
-        self.started = time.perf_counter()
-        self.first_step: int | None = None
+        self.previous = (first_step, time.perf_counter())
         self.last_line = 0.0
         if self.live:
             import keras
@@ -35,19 +35,18 @@ class Progress:
             self.bar = keras.utils.Progbar(steps, stateful_metrics=metric_names)
 
     def update(self, step: int, values: dict[str, float], last: bool = False) -> None:
-        if self.first_step is None:
-            self.first_step = step - 1  # a resumed epoch starts mid-way
         if self.live:
             self.bar.update(step, values=list(values.items()))
             return
         now = time.perf_counter()
+        previous_step, previous_time = self.previous
+        per_step = (now - previous_time) / max(step - previous_step, 1)
+        self.previous = (step, now)
         if last or now - self.last_line >= PLAIN_EVERY_S:
             self.last_line = now
-            print(self.line(step, values, now), file=self.stream, flush=True)
+            print(self.line(step, values, per_step), file=self.stream, flush=True)
 
-    def line(self, step: int, values: dict[str, float], now: float) -> str:
-        done = step - (self.first_step or 0)
-        per_step = (now - self.started) / max(done, 1)
+    def line(self, step: int, values: dict[str, float], per_step: float) -> str:
         eta = datetime.timedelta(seconds=round(per_step * (self.steps - step)))
         losses = "  ".join(f"{name} {values[name]:.4f}" for name in SHOWN if name in values)
         rate = f"{values['images_per_sec']:,.0f} images/s" if "images_per_sec" in values else ""

@@ -181,7 +181,8 @@ def _sweep(args):
     def progress(outcome) -> None:
         what = ", ".join(f"{k}={v}" for k, v in outcome.trial.values.items())
         done = f"run {outcome.training_run_id}" if outcome.status == "finished" else outcome.error
-        print(f"sweep: trial {outcome.trial.index}/{len(trials)} ({what}) {outcome.status}: {done}", flush=True)
+        print(f"sweep: trial {outcome.trial.index}/{len(trials)} ({what}) {outcome.status}: {done}",
+              flush=True)
 
     return lambda: jobs.sweep(trials, base, job, args.workers, on_outcome=progress)
 
@@ -385,7 +386,8 @@ def commands() -> dict[str, Command]:
 def build_parser(table: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-gan", description="Train, evaluate and ship the seed's MNIST GAN.")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help=f"also show TensorFlow's and MLflow's own notices (or {console.LEVEL_VARIABLE}=debug)")
+                        help="also show TensorFlow's and MLflow's own notices "
+                             f"(or {console.LEVEL_VARIABLE}=debug)")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, command in (table or commands()).items():
         command.add_arguments(subparsers.add_parser(name, help=command.help))

@@ -30,7 +30,8 @@ def usable_counts(available: int, batch: int) -> list[int]:
     return sorted(c for c in counts if batch % c == 0)
 
 
-def compare(config: TrainConfig, images: np.ndarray, counts: list[int], rounds: int, steps: int) -> list[dict]:
+def compare(config: TrainConfig, images: np.ndarray, counts: list[int], rounds: int,
+            steps: int) -> list[dict]:
     """One row per device count (1 among them): seconds per step, real images per second, and the
     speed-up over 1 device."""
     runners = {count: project_steps(config.replace(devices=count), images)[0] for count in counts}
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--preset", default="tiny", choices=("seed", "small", "tiny"))
     parser.add_argument("--batch", type=int, default=128, help="the global batch, split across the devices")
-    parser.add_argument("--devices", default="1,2,4", help="comma-separated device counts (1 is always timed)")
+    parser.add_argument("--devices", default="1,2,4",
+                        help="comma-separated device counts (1 is always timed)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     args = parser.parse_args()

@@ -23,7 +23,8 @@ def _versions(name: str, model_id: str) -> None:
 
     for fid in (100.0, 50.0, 40.0):
         scores = {key: 1.0 for key in registry.EVALUATION_KEYS}
-        registry.register(model_id, name, {}, {**scores, "fid": fid, "classes_covered": 10.0, "samples": 2000.0})
+        registry.register(model_id, name, {},
+                          {**scores, "fid": fid, "classes_covered": 10.0, "samples": 2000.0})
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ def train_to_marks(recipe, marks_min: list[float], score, probe=None) -> dict[st
             if hasattr(recipe, "after_step"):
                 recipe.after_step()
         epochs = recipe.images_seen / recipe.num_images
-        common = {"minutes": mark, "trained_s": round(trained_s, 1), "steps": steps, "epochs": round(epochs, 2)}
+        common = {"minutes": mark, "trained_s": round(trained_s, 1), "steps": steps,
+                  "epochs": round(epochs, 2)}
         if probe is not None:
             started = time.perf_counter()
             for weights in (recipe.gan.generator_weights(recipe.state),
@@ -102,7 +103,8 @@ def train_to_marks(recipe, marks_min: list[float], score, probe=None) -> dict[st
             sampler = recipe.samples if weights is None else (
                 lambda n, seed=0, w=weights: recipe.samples(n, seed, w))
             metrics = score(sampler)
-            rows.setdefault(name, []).append({**common, "evaluation_s": round(time.perf_counter() - started, 1),
+            rows.setdefault(name, []).append({**common,
+                                              "evaluation_s": round(time.perf_counter() - started, 1),
                                               **{k: round(v, 4) for k, v in metrics.items()}})
             print(json.dumps({name: rows[name][-1]}), flush=True)
     return rows
@@ -115,7 +117,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=JobConfig().samples)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--precision", default=None,
-                        help="default: mixed_bfloat16 on a CPU with AVX-512 BF16 (1.4x faster there), else float32")
+                        help="default: mixed_bfloat16 on a CPU with AVX-512 BF16 (1.4x faster there), "
+                             "else float32")
     parser.add_argument("--recipes", default="project,tutorial")
     parser.add_argument("--other-decays", default="0.99,0.995",
                         help="moving averages of G kept beside the step's, compared at each mark")
@@ -142,7 +145,8 @@ def main() -> None:
         if name == "project":
             other_decays = tuple(float(d) for d in args.other_decays.split(",") if d)
             probe = evaluation.QualityProbe(classifier, mnist, config.eval_samples)
-            results["project"] = train_to_marks(ProjectRecipe(images, config, other_decays), marks, score, probe)
+            results["project"] = train_to_marks(ProjectRecipe(images, config, other_decays), marks,
+                                                score, probe)
         else:
             from benchmarks.dcgan_tutorial import TutorialDcgan
 

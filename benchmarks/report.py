@@ -25,7 +25,8 @@ def throughput(rows: list[dict]) -> str:
          "G-step images/s (loop / project)", "speedup median (min-max)",
          "GFLOP/s (loop / project)", "share of fp32 peak (loop / project)", "fp32 peak GFLOP/s"],
         [[r["backend"], r["preset"], r["batch"], r["precision"], r["seed_loop_s_per_step"],
-          r["project_s_per_step"], f"{r['seed_loop_g_images_per_s']:,.0f} / {r['project_g_images_per_s']:,.0f}",
+          r["project_s_per_step"],
+          f"{r['seed_loop_g_images_per_s']:,.0f} / {r['project_g_images_per_s']:,.0f}",
           f"**{r['speedup_median']:.2f}x** ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})",
           f"{r['seed_loop_gflop_per_s']:.0f} / {r['project_gflop_per_s']:.0f}",
           f"{r['seed_loop_share_of_peak']:.0%} / {r['project_share_of_peak']:.0%}",
@@ -48,7 +49,8 @@ def data_parallel(rows: list[dict]) -> str:
 
 def sweep(rows: list[dict]) -> str:
     return _table(["trials", "workers", "wall s", "trials per hour"],
-                  [[r["trials"], r["workers"], r["seconds"], f"**{r['trials_per_hour']:.0f}**"] for r in rows])
+                  [[r["trials"], r["workers"], r["seconds"], f"**{r['trials_per_hour']:.0f}**"]
+                   for r in rows])
 
 
 QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "precision", "kid")
@@ -76,7 +78,8 @@ def quality(results: dict, goals: bool = True) -> str:
     recipe = results["project_recipe"]
     project, tutorial = results["project"], results.get("tutorial")
     steps_ema = f"ema_{recipe['ema_decay']:g}"
-    setting = f"`{recipe['preset']}`, batch {recipe['batch_size']}, {recipe['precision']}, {recipe['backend']}"
+    setting = (f"`{recipe['preset']}`, batch {recipe['batch_size']}, {recipe['precision']}, "
+               f"{recipe['backend']}")
 
     def label(name: str) -> str:
         if name == "raw":
@@ -93,8 +96,8 @@ def quality(results: dict, goals: bool = True) -> str:
                          *(row[c] for c in QUALITY_COLUMNS)])
         if tutorial:
             row = tutorial[i]
-            rows.append([row["minutes"], "TF DCGAN tutorial (batch 256, Adam 1e-4)", row["steps"], row["epochs"],
-                         *(row[c] for c in QUALITY_COLUMNS)])
+            rows.append([row["minutes"], "TF DCGAN tutorial (batch 256, Adam 1e-4)", row["steps"],
+                         row["epochs"], *(row[c] for c in QUALITY_COLUMNS)])
     rows.append(["-", f"real training images (reference, N = {results['samples']:,})", "-", "-",
                  *(results["reference"][c] for c in QUALITY_COLUMNS)])
     table = _table(["minutes", "generator", "steps", "epochs", "FID (lower better)", "classifier score",
@@ -108,26 +111,29 @@ def quality(results: dict, goals: bool = True) -> str:
         for mine, theirs in zip(averaged, tutorial):
             met = (mine["fid"] < theirs["fid"] and mine["classifier_score"] > theirs["classifier_score"]
                    and mine["classes_covered"] == 10)
-            goals.append(f"- {mine['minutes']:g} min: FID {mine['fid']:.1f} vs {theirs['fid']:.1f}, classifier "
-                         f"score {mine['classifier_score']:.2f} vs {theirs['classifier_score']:.2f}, "
-                         f"{mine['classes_covered']:.0f} classes: {_verdict(met)}")
+            goals.append(f"- {mine['minutes']:g} min: FID {mine['fid']:.1f} vs {theirs['fid']:.1f}, "
+                         f"classifier score {mine['classifier_score']:.2f} vs "
+                         f"{theirs['classifier_score']:.2f}, {mine['classes_covered']:.0f} classes: "
+                         f"{_verdict(met)}")
     last = averaged[-1]
     met = (last["fid"] <= GOAL_FID and last["classifier_score"] >= GOAL_CLASSIFIER_SCORE
            and last["classes_covered"] == 10)
-    goals.append(f"\nGoal at {last['minutes']:g} min (averaged G, the default): FID <= {GOAL_FID:g}, classifier "
-                 f"score >= {GOAL_CLASSIFIER_SCORE:g}, all 10 classes: FID {last['fid']:.1f}, classifier score "
-                 f"{last['classifier_score']:.2f}, {last['classes_covered']:.0f} classes: {_verdict(met)}")
+    goals.append(f"\nGoal at {last['minutes']:g} min (averaged G, the default): FID <= {GOAL_FID:g}, "
+                 f"classifier score >= {GOAL_CLASSIFIER_SCORE:g}, all 10 classes: FID {last['fid']:.1f}, "
+                 f"classifier score {last['classifier_score']:.2f}, {last['classes_covered']:.0f} classes: "
+                 f"{_verdict(met)}")
     pairs = ", ".join(f"{a['fid']:.1f} vs {r['fid']:.1f}" for a, r in zip(averaged, raw))
     never_worse = all(a["fid"] <= r["fid"] for a, r in zip(averaged, raw))
-    goals.append(f"- the average never worse than the raw G (FID) at any mark: {pairs}: {_verdict(never_worse)}")
+    goals.append(f"- the average never worse than the raw G (FID) at any mark: {pairs}: "
+                 f"{_verdict(never_worse)}")
     if "curve_share" in last:
         shares = [row["curve_share"] for row in averaged]
         point_s = [row["curve_point_s"] for row in averaged]
         goals.append(
-            f"\nThe FID curve's cost: one point (the averaged and the raw G, {recipe['eval_samples']:,} samples "
-            f"each) takes {min(point_s):.1f}-{max(point_s):.1f} s; every {recipe['eval_every']} epochs that is "
-            f"{100 * max(shares):.2f} % of training time at most (goal < {100 * GOAL_CURVE_SHARE:g} %): "
-            f"{_verdict(max(shares) < GOAL_CURVE_SHARE)}")
+            f"\nThe FID curve's cost: one point (the averaged and the raw G, {recipe['eval_samples']:,} "
+            f"samples each) takes {min(point_s):.1f}-{max(point_s):.1f} s; every {recipe['eval_every']} "
+            f"epochs that is {100 * max(shares):.2f} % of training time at most "
+            f"(goal < {100 * GOAL_CURVE_SHARE:g} %): {_verdict(max(shares) < GOAL_CURVE_SHARE)}")
     return table + "\n\n" + "\n".join(goals)
 
 
@@ -136,16 +142,18 @@ def jobs(results: dict) -> str:
              (f"overhead {_verdict(j['overhead_s'] < OVERHEAD_GOAL_S)}, evaluation "
              f"{_verdict(j['evaluation_s'] < EVALUATION_GOAL_S)}")] for j in results["jobs"]]
     p = results["params"]
-    return (f"Parameters: preset `{p['preset']}`, {p['train_images']:,} training images, {p['epochs']} epoch, "
-            f"batch {p['batch_size']}, {p['samples']:,} evaluation samples.\n\n"
-            + _table(["job", "wall s", "training s (logged)", "overhead s", f"evaluation of {p['samples']:,} s",
-                      f"goals (< {OVERHEAD_GOAL_S} s each)"], rows))
+    return (f"Parameters: preset `{p['preset']}`, {p['train_images']:,} training images, "
+            f"{p['epochs']} epoch, batch {p['batch_size']}, {p['samples']:,} evaluation samples.\n\n"
+            + _table(["job", "wall s", "training s (logged)", "overhead s",
+                      f"evaluation of {p['samples']:,} s", f"goals (< {OVERHEAD_GOAL_S} s each)"], rows))
 
 
 def serving(results: dict) -> str:
     rows = [["soak" if r.get("soak") else "latency", r["images_per_request"], r["clients"], r["requests"],
-             r["p50_ms"], r["p99_ms"], r["max_ms"], r["requests_per_s"], r["errors"]] for r in results["rows"]]
-    return (f"Model `{results['model_uri']}`; the server answered /ping {results['ready_s']} s after start.\n\n"
+             r["p50_ms"], r["p99_ms"], r["max_ms"], r["requests_per_s"], r["errors"]]
+            for r in results["rows"]]
+    return (f"Model `{results['model_uri']}`; the server answered /ping {results['ready_s']} s "
+            "after start.\n\n"
             + _table(["load", "images / request", "clients", "requests", "p50 ms", "p99 ms", "max ms",
                       "requests/s", "errors"], rows))
 
@@ -153,19 +161,21 @@ def serving(results: dict) -> str:
 def render(results: dict) -> str:
     m, seconds = results["machine"], results.get("seconds", {})
     parts = [START, "## 2 CPU cores: `make bench` (written by `benchmarks/run_all.py`)", "",
-             (f"Run on {m['date']}: {_cpu(m)}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
-             f"tensorflow {m.get('tensorflow') or m.get('tensorflow-cpu')}, keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
-             f"kfp {m['kfp']}. Raw results: [`benchmarks-cpu.json`](benchmarks-cpu.json)."),
-             "", "```bash", "make bench        # = python -m benchmarks.run_all --data mnist.npz (a local copy, or the URL)",
+             (f"Run on {m['date']}: {_cpu(m)}, {m['cores']} cores, {m['memory_gib']} GiB; "
+              f"Python {m['python']}, tensorflow {m.get('tensorflow') or m.get('tensorflow-cpu')}, "
+              f"keras {m['keras']}, jax {m['jax']}, mlflow {m['mlflow']}, "
+              f"kfp {m['kfp']}. Raw results: [`benchmarks-cpu.json`](benchmarks-cpu.json)."),
+             "", "```bash",
+             "make bench        # = python -m benchmarks.run_all --data mnist.npz (a local copy, or the URL)",
              "```", "",
              "Wall time per part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
              + f"; in all {sum(seconds.values()) / 60:.1f} min.", ""]
     sections = (("throughput", "### Throughput: the project's compiled step against the seed post's loop",
                  throughput,
-                 ("One step = 1 D + 5 G updates at batch 128, fp32. Rounds alternate loop / project after one "
-                 "warm-up step each; the speedup is the ratio per round pair. FLOPs per step are counted from "
-                 "the layers (`benchmarks/flops.py`); the fp32 peak is the backend's best large matrix "
-                 "product on this machine, measured in the same process.")),
+                 ("One step = 1 D + 5 G updates at batch 128, fp32. Rounds alternate loop / project after "
+                  "one warm-up step each; the speedup is the ratio per round pair. FLOPs per step are "
+                  "counted from the layers (`benchmarks/flops.py`); the fp32 peak is the backend's best "
+                  "large matrix product on this machine, measured in the same process.")),
                 ("data_parallel", "### Data-parallel step on virtual CPU devices (`--devices`, JAX)",
                  data_parallel,
                  ("The same global batch split across 1, 2 and 4 devices that XLA makes of the one CPU "
@@ -173,15 +183,16 @@ def render(results: dict) -> str:
                   "path (replicated state, split batch, all-reduced gradients), not a speed-up. Rounds "
                   "alternate between the device counts after one warm-up step each.")),
                 ("sweep", "### Local sweeps: trials per hour (`mnist-gan sweep --workers N`)", sweep,
-                 ("A whole sweep of 4 trials (seeds 0-3; each `--preset tiny --train-images 2048 --epochs 2`, "
-                  "1,000 evaluated samples) as a user runs it: every trial in its own process (TensorFlow "
-                  "start-up included), then ranking, registration and promotion, against a fresh sqlite "
-                  "store. Two workers share the same 2 cores.")),
+                 ("A whole sweep of 4 trials (seeds 0-3; each "
+                  "`--preset tiny --train-images 2048 --epochs 2`, 1,000 evaluated samples) as a user runs "
+                  "it: every trial in its own process (TensorFlow start-up included), then ranking, "
+                  "registration and promotion, against a fresh sqlite store. Two workers share the same 2 "
+                  "cores.")),
                 ("quality", "### Sample quality per minute of training", quality,
-                 ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone on "
-                  "the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test images. "
-                  "One training run gives the raw G's rows and the averages' (the average never feeds back "
-                  "into training).")),
+                 ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone "
+                  "on the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test "
+                  "images. One training run gives the raw G's rows and the averages' (the average never "
+                  "feeds back into training).")),
                 ("ema_decay", "### The average's decay, where minutes are thousands of steps (preset `tiny`)",
                  ema_decay,
                  ("The same benchmark with the `tiny` preset, its step being ~20x cheaper: the averages of "
@@ -190,9 +201,10 @@ def render(results: dict) -> str:
                   "first ~900 steps, so only a run of thousands of steps tells them apart.")),
                 ("jobs", "### What the jobs cost around training", jobs,
                  ("Overhead = wall time of the whole command minus the `train_seconds` its training run "
-                  "logged: process start-ups, data, evaluation, reports, registration and promotion. The main "
-                  "job runs first and scores the real-data reference of its evaluation; the pipeline then "
-                  "finds it cached (it depends only on the evaluator's weights, the data, N and the seed).")),
+                  "logged: process start-ups, data, evaluation, reports, registration and promotion. The "
+                  "main job runs first and scores the real-data reference of its evaluation; the pipeline "
+                  "then finds it cached (it depends only on the evaluator's weights, the data, N and the "
+                  "seed).")),
                 ("serving", "### Serving: `mlflow models serve` on 127.0.0.1", serving,
                  ("Requests `{\"dataframe_split\": {\"columns\": [\"seed\", \"n\"], ...}}` after 5 warm-up "
                  "requests per size; every answer checked for status 200 and n images of 28 x 28.")))

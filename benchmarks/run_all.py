@@ -30,7 +30,8 @@ EMA_DECAY_RUN = ["--preset", "tiny", "--recipes", "project", "--other-decays", "
 # (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
 THROUGHPUT_RUNS = [("tensorflow", "seed", 3, 2), ("tensorflow", "small", 5, 5), ("tensorflow", "tiny", 3, 20),
                    ("jax", "seed", 3, 1), ("jax", "small", 5, 3)]
-# The data-parallel step on 1, 2 and 4 virtual CPU devices (JAX): preset, global batch, rounds, steps per round
+# The data-parallel step on 1, 2 and 4 virtual CPU devices (JAX): preset, global batch, rounds,
+# steps per round
 DATA_PARALLEL_RUN, DATA_PARALLEL_DEVICES = ("tiny", 128, 5, 5), (1, 2, 4)
 
 
@@ -126,8 +127,8 @@ def main() -> None:
         if not (jobs_dir / "mlflow.db").is_file():
             parser.error("serving needs the model registered by the jobs part: run it first")
         timed("serving", lambda: run_json("benchmarks.serving_latency", [
-            "--tracking-uri", f"sqlite:///{(jobs_dir / 'mlflow.db').resolve()}", "--work", str(args.work)])[-1]
-            ["serving"])
+            "--tracking-uri", f"sqlite:///{(jobs_dir / 'mlflow.db').resolve()}",
+            "--work", str(args.work)])[-1]["serving"])
 
     args.results.write_text(json.dumps(results, indent=1) + "\n")
     report.write_section(args.markdown, report.render(results))

@@ -32,7 +32,8 @@ def post(url: str, seed: int, n: int) -> tuple[float, bool]:
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            ok = response.status == 200 and np.asarray(json.loads(response.read())["predictions"]).shape == (n, 28, 28)
+            ok = (response.status == 200
+                  and np.asarray(json.loads(response.read())["predictions"]).shape == (n, 28, 28))
     except (urllib.error.URLError, OSError, ValueError, KeyError):
         ok = False
     return time.perf_counter() - started, ok
@@ -59,7 +60,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per image count")
     parser.add_argument("--clients", type=int, default=1, help="concurrent client threads")
     parser.add_argument("--soak-clients", type=int, default=8, help="then a soak: this many clients ...")
-    parser.add_argument("--soak-requests", type=int, default=2000, help="... sending this many 1-image requests")
+    parser.add_argument("--soak-requests", type=int, default=2000,
+                        help="... sending this many 1-image requests")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ TRIAL = ["--preset", "tiny", "--train-images", "2048", "--batch-size", "64", "--
 def sweep_seconds(data: str, trials: int, workers: int) -> float:
     with tempfile.TemporaryDirectory() as work:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-        command = [sys.executable, "-m", "training.cli", "sweep", "-s", f"seed={','.join(map(str, range(trials)))}",
+        command = [sys.executable, "-m", "training.cli", "sweep",
+                   "-s", f"seed={','.join(map(str, range(trials)))}",
                    "--workers", str(workers), "--data", data, "--checkpoint-dir", f"{work}/ckpt", *TRIAL]
         started = time.perf_counter()
         done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)

@@ -84,7 +84,8 @@ def prepare(args: argparse.Namespace):
         return lambda: f"pipeline: wrote {runner.compile_pipeline(args.output, settings, trials)}"
     if args.action == "run-local":
         hosts = _pairs(args.add_host, ":", "each --add-host must be NAME:IP")
-        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, hosts, args.network, trials)
+        return lambda: runner.run_local(arguments, args.pipeline_root, args.runner, hosts, args.network,
+                                        trials)
 
     def submit():
         token = args.token or os.environ.get("KF_PIPELINES_TOKEN")

@@ -99,8 +99,9 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                   real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999,
                   eval_every: int = 5, eval_samples: int = 2000, select: str = "auto", seed: int = 0,
                   max_steps: int = 0, precision: str = "auto", log_every: int = 50,
-                  checkpoint_dir: str = "checkpoints", resume: bool = False, samples: int = 10_000, model_name: str = "mnist-gan-generator",
-                  min_fid_gain: float = 0.0, max_classes_lost: int = 0, min_classes_covered: int = 10):
+                  checkpoint_dir: str = "checkpoints", resume: bool = False, samples: int = 10_000,
+                  model_name: str = "mnist-gan-generator", min_fid_gain: float = 0.0,
+                  max_classes_lost: int = 0, min_classes_covered: int = 10):
         # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_config.py holds them),
         # but for `devices`: the GPUs the training task requests, a cluster setting.
         hyperparameters = {name: value for name, value in locals().items()
@@ -127,7 +128,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                                      min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
             ranked.ignore_upstream_failure()  # a trial whose pod died is ranked as failed
             tracked = [opened, tried, ranked]
-            training_run, evaluation_run = ranked.outputs["training_run_id"], ranked.outputs["evaluation_run_id"]
+            training_run, evaluation_run = (ranked.outputs["training_run_id"],
+                                            ranked.outputs["evaluation_run_id"])
             generator = {}  # promote checks the registered files themselves
         else:
             train = as_training_task(gan.train_gan(parent_run_id=parent, **training))

@@ -32,7 +32,8 @@ def engine(*args: str, timeout: float = 300, env: dict | None = None, check: boo
     """`docker ARGS` (or podman); env values reach the container through `-e NAME` without a value, so
     no secret is on a command line."""
     if shutil.which(ENGINE) is None:
-        raise RuntimeError(f"no container engine {ENGINE!r}: run the tests with `make test`, which sets one up")
+        raise RuntimeError(f"no container engine {ENGINE!r}: run the tests with `make test`, "
+                           "which sets one up")
     result = subprocess.run([ENGINE, *args], capture_output=True, text=True, timeout=timeout, check=False,
                             env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
@@ -98,8 +99,8 @@ class Stack:
                       "mlflow", "mlflow").stdout
 
     def sql(self, query: str) -> list[list[str]]:
-        out = engine("exec", self.postgres, "psql", "-h", "/tmp", "-p", str(self.postgres_port), "-U", "mlflow", "-d", "mlflow", "-At",
-                     "-F", "\t", "-c", query).stdout
+        out = engine("exec", self.postgres, "psql", "-h", "/tmp", "-p", str(self.postgres_port),
+                     "-U", "mlflow", "-d", "mlflow", "-At", "-F", "\t", "-c", query).stdout
         return [line.split("\t") for line in out.splitlines() if line]
 
 

@@ -7,9 +7,9 @@ devices).
 
 `step` takes one compiled training step on 1 and on 4 devices, from the same seeded tiny GAN and the same
 real digits. OUT.npz holds, for each run in RUNS, the state's leaves before and after the step
-("RUN_start_leaf_I", "RUN_leaf_I"), the step's metrics ("RUN_d_loss", ...), the number of devices the new state is on
-("RUN_devices"), whether it is replicated on them ("RUN_replicated") and the all-reduces in the compiled
-step ("RUN_all_reduces").
+("RUN_start_leaf_I", "RUN_leaf_I"), the step's metrics ("RUN_d_loss", ...), the number of devices the new
+state is on ("RUN_devices"), whether it is replicated on them ("RUN_replicated") and the all-reduces in the
+compiled step ("RUN_all_reduces").
 
 `resume` trains the tiny preset on 256 digits at batch 64 (4 steps an epoch) for 2 epochs, stopped after 3
 steps on 2 devices, then resumed on 1 device to the end. OUT.json holds, for each part, its config, the

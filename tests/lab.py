@@ -111,7 +111,8 @@ def post(url: str, payload) -> tuple[int, dict]:
 def copy_of_the_trained_generator(lab) -> str:
     """A run that logged the trained generator as a model of its own (files not shared with others)."""
     mlflow.set_tracking_uri(lab.uri)
-    generator = mlflow.artifacts.download_artifacts(run_id=lab.trained_run, artifact_path="models/generator.keras")
+    generator = mlflow.artifacts.download_artifacts(run_id=lab.trained_run,
+                                                    artifact_path="models/generator.keras")
     with mlflow.start_run(experiment_id=mlflow.set_experiment("mnist-gan").experiment_id) as run:
         registry.log_generator(Path(generator))
     return run.info.run_id

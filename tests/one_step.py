@@ -26,8 +26,8 @@ BATCH, Z_DIM = 16, CONFIG.z_dim
 
 def build() -> Gan:
     backend.make_deterministic(0)
-    return Gan(build_generator(WIDTHS, Z_DIM), build_discriminator(WIDTHS), Adam(CONFIG.learning_rate, CONFIG.beta_1),
-               LatentSampler(Z_DIM, seed=0), RECIPE)
+    return Gan(build_generator(WIDTHS, Z_DIM), build_discriminator(WIDTHS),
+               Adam(CONFIG.learning_rate, CONFIG.beta_1), LatentSampler(Z_DIM, seed=0), RECIPE)
 
 
 def main(mode: str, *paths: str) -> None:

@@ -33,5 +33,6 @@ def leaks(places: list[Path | bytes | str], secrets: list[str]) -> list[str]:
             blobs = [(str(p), p.read_bytes()) for p in files]
         else:
             blobs = [("output", place.encode() if isinstance(place, str) else place)]
-        found += [f"{name}: {needle[:12]!r}..." for name, blob in blobs for needle in needles if needle in blob]
+        found += [f"{name}: {needle[:12]!r}..." for name, blob in blobs for needle in needles
+                  if needle in blob]
     return found

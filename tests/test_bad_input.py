@@ -19,7 +19,8 @@ from training import cli
 from training.config import JobConfig, Param, TrainConfig, param, params
 
 NO_DATA = "/nonexistent/mnist.npz"  # had a value slipped through as valid, the job still could not start
-EXAMPLES = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(max_examples=20, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _is(kind, text: str) -> bool:
@@ -103,7 +104,8 @@ TRAIN_FIELDS = [p for p in params(TrainConfig) if p.name != "data"]
 @given(data=st.data())
 def test_every_training_flag_refuses_every_bad_value(command, field, data, capsys):
     value = data.draw(_bad_values(field))
-    _assert_refused([command, "--data", NO_DATA, f"--{field.name.replace('_', '-')}={value}"], field.name, capsys)
+    _assert_refused([command, "--data", NO_DATA, f"--{field.name.replace('_', '-')}={value}"],
+                    field.name, capsys)
 
 
 JOB_FLAGS = [("main", "samples"), ("evaluate", "samples"), ("promote", "min_fid_gain"),
@@ -122,11 +124,12 @@ def test_every_job_flag_refuses_every_bad_value(command, name, data, capsys):
 
 
 # The same seed range everywhere a seed is given (training, evaluation, sampling).
-OTHER_FLAGS = [(["evaluate", "--generator", "g.keras", "--data", NO_DATA], "--seed", "seed", int, 0, 2**31 - 1),
-               (["promote"], "--version", "version", int, 1, None),
-               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "count", int, 1, 1_000_000),
-               (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**31 - 1),
-               (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 64)]
+OTHER_FLAGS = [
+    (["evaluate", "--generator", "g.keras", "--data", NO_DATA], "--seed", "seed", int, 0, 2**31 - 1),
+    (["promote"], "--version", "version", int, 1, None),
+    (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "count", int, 1, 1_000_000),
+    (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**31 - 1),
+    (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 64)]
 
 
 @pytest.mark.parametrize(("prefix", "flag", "name", "kind", "low", "high"), OTHER_FLAGS,
@@ -168,4 +171,5 @@ PIPELINE_PARAMS = [name for name in PIPELINE_DEFAULTS if name in PARAMS]
 def test_every_pipeline_parameter_is_refused_at_submit_before_contacting_the_cluster(name, data, capsys):
     value = data.draw(_bad_values(PARAMS[name]))
     # port 9 (discard) on 127.0.0.1: a submit that got through would fail with exit 1, not 2
-    _assert_refused(["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", f"{name}={value}"], name, capsys)
+    _assert_refused(["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", f"{name}={value}"],
+                    name, capsys)

@@ -46,7 +46,8 @@ def test_the_throughput_harness_times_both_sides(digits):
     row = compare(TrainConfig(preset="tiny", batch_size=32), digits, rounds=2, steps=2, peak_flops=1e12)
     assert row["seed_loop_s_per_step"] > 0 and row["project_s_per_step"] > 0
     assert row["speedup_min"] <= row["speedup_median"] <= row["speedup_max"]
-    assert row["project_gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["project_s_per_step"], rel=0.05)
+    assert row["project_gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["project_s_per_step"],
+                                                       rel=0.05)
 
 
 def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
@@ -70,13 +71,15 @@ def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
     rows = train_to_marks(recipe, [0.001, 0.002], score, probe)
     assert sorted(rows) == ["ema_0.9", "ema_0.999", "raw"] and all(len(r) == 2 for r in rows.values())
     assert rows["raw"][-1]["fid"] != rows["ema_0.999"][-1]["fid"], "the average differs from the raw G"
-    assert len(probed) == 4 and rows["raw"][0]["curve_point_s"] >= 0.1 and 0 < rows["raw"][0]["curve_share"] < 1
+    assert (len(probed) == 4 and rows["raw"][0]["curve_point_s"] >= 0.1
+            and 0 < rows["raw"][0]["curve_share"] < 1)
     recipe_info = {"preset": "tiny", "batch_size": 32, "precision": "float32", "backend": "tensorflow",
                    "ema_decay": 0.999, "eval_every": 5, "eval_samples": 2000}
     results = {"project_recipe": recipe_info, "project": rows, "samples": 16,
                "reference": {c: 1.0 for c in report.QUALITY_COLUMNS}}
     section = report.quality(results)
-    assert "project, EMA 0.999 (the step's, the default)" in section and "project, EMA 0.9 (kept on" in section
+    assert ("project, EMA 0.999 (the step's, the default)" in section
+            and "project, EMA 0.9 (kept on" in section)
     assert "never worse than the raw G" in section and "The FID curve's cost" in section
     assert "Lowest FID of the averages at each mark: " in report.ema_decay(results)
 
@@ -97,13 +100,14 @@ def test_the_report_rewrites_only_its_own_section(tmp_path):
     report.write_section(page, report.render(results))
     text = page.read_text()
     assert text.startswith("# Benchmarks\n\nGPU figures, written by hand.\n")
-    assert text.count(report.START) == 1 and "| latency | 1 | 1 | 10 | 6.5 | 9.0 |" in text and "| 5.0 |" not in text
+    assert (text.count(report.START) == 1 and "| latency | 1 | 1 | 10 | 6.5 | 9.0 |" in text
+            and "| 5.0 |" not in text)
 
 
 def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
     env = {**os.environ, "OUT": str(tmp_path), "DATA_CPU": str(mnist_path), "TMPDIR": str(tmp_path)}
-    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900, check=False)
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert len(report["throughput"]) == 2 and len(report["against_seed_loop"]) == 2

@@ -50,7 +50,8 @@ def test_main_checks_the_server_the_bucket_and_the_data_once(tmp_path, mnist_pat
                       **s3_env)
         result = subprocess.run(
             [sys.executable, "-c", COUNTING_MAIN, "main", "--data", str(mnist_path), *TINY, "--epochs", "1",
-             "--samples", "500"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+             "--samples", "500"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads(result.stdout.split("COUNTS ", 1)[1])
     assert counts == {"health": 1, "head_bucket": 1, "read_npz": 1}, counts

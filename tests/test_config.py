@@ -134,6 +134,7 @@ def test_text_becomes_a_value_in_one_place():
     for raw in ("maybe", "", "2", "truee"):
         with pytest.raises(ConfigError, match="resume must be true or false"):
             parse(param(TrainConfig, "resume"), raw)
-    assert TrainConfig.from_text({"epochs": "3", "resume": "yes"}).replace() == TrainConfig(epochs=3, resume=True)
+    assert (TrainConfig.from_text({"epochs": "3", "resume": "yes"}).replace()
+            == TrainConfig(epochs=3, resume=True))
     with pytest.raises(ConfigError, match="min_fid_gain must be in"):
         JobConfig.from_text({"min_fid_gain": "-1"})

@@ -19,7 +19,8 @@ def test_main_in_a_pipe_prints_progress_lines_and_a_summary_and_nothing_else(tmp
     assert "\b" not in done.stdout and "\r" not in done.stdout, "no progress bar in a pipe"
     lines = done.stdout.splitlines()
     progress = [line for line in lines if line.startswith("epoch ")]
-    assert progress and all(re.match(r"epoch \d+/2  step \d+/4  d_loss [\d.]+  g_loss [\d.]+", p) for p in progress)
+    assert progress and all(re.match(r"epoch \d+/2  step \d+/4  d_loss [\d.]+  g_loss [\d.]+", p)
+                            for p in progress)
     noise = [line for line in lines + done.stderr.splitlines() if THIRD_PARTY.search(line)]
     assert not noise, noise
     summary = lines[lines.index(next(line for line in lines if line.startswith("main: done"))):]

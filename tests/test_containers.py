@@ -44,9 +44,9 @@ def test_tiny_training_in_the_image_writes_only_to_its_volume(tmp_path, mnist_pa
     volume = writable_folder(tmp_path / "volume")
     shutil.copy(mnist_path, volume / "mnist.npz")
     env = {"MLFLOW_TRACKING_URI": "sqlite:////data/mlflow.db"}
-    result = engine("run", "--rm", *run_args(env, {volume: "/data"}), IMAGE, "train", "--data=/data/mnist.npz",
-                    "--preset=tiny", "--train-images=256", "--batch-size=64", "--epochs=1", "--max-steps=2",
-                    "--eval-every=0", env=env)
+    result = engine("run", "--rm", *run_args(env, {volume: "/data"}), IMAGE, "train",
+                    "--data=/data/mnist.npz", "--preset=tiny", "--train-images=256", "--batch-size=64",
+                    "--epochs=1", "--max-steps=2", "--eval-every=0", env=env)
     assert "Failed to import Git" not in result.stdout + result.stderr
     client = mlflow.MlflowClient(f"sqlite:///{volume / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
@@ -55,7 +55,8 @@ def test_tiny_training_in_the_image_writes_only_to_its_volume(tmp_path, mnist_pa
 
 
 def test_the_server_image_has_mlflow_and_no_tensorflow():
-    check = "import importlib.util as u; print(u.find_spec('tensorflow') is None, u.find_spec('psycopg') is not None)"
+    check = ("import importlib.util as u; print(u.find_spec('tensorflow') is None, "
+             "u.find_spec('psycopg') is not None)")
     result = engine("run", "--rm", "--entrypoint", "python", SERVER_IMAGE, "-c", check)
     assert result.stdout.split() == ["True", "True"]
     refused = engine("run", "--rm", SERVER_IMAGE, check=False)
@@ -117,7 +118,8 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
     client = signed_in(stack, monkeypatch, stack.admin)
     runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kfp_run")]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
     assert all(run.info.status == "FINISHED" for run in children.values())
     train = children["train"]
@@ -130,7 +132,8 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
     (trained_output,) = (work / "root").glob("*/train-gan/executor_output.json")
     generator = json.loads(trained_output.read_text())["artifacts"]["generator"]["artifacts"][0]["metadata"]
     assert generator["mlflow_run_id"] == train.info.run_id
-    assert generator["mlflow_run"].endswith(f"/runs/{train.info.run_id}") and "@" not in generator["mlflow_run"]
+    assert (generator["mlflow_run"].endswith(f"/runs/{train.info.run_id}")
+            and "@" not in generator["mlflow_run"])
 
     s3 = boto3.client("s3", endpoint_url=stack.s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=stack.s3_env["AWS_ACCESS_KEY_ID"],
@@ -156,7 +159,8 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
 def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):
     pipeline_user, _, _ = pipeline_run
     viewer = stack.create_user("viewer")
-    version = signed_in(stack, monkeypatch, stack.admin).get_model_version_by_alias(MODEL_NAME, "champion").version
+    version = (signed_in(stack, monkeypatch, stack.admin)
+               .get_model_version_by_alias(MODEL_NAME, "champion").version)
     client = signed_in(stack, monkeypatch, viewer)
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version  # may read
     with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
@@ -190,7 +194,8 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     def train_task(data: str, parent_run_id: str):
         prepared = gan.prepare_data(data=data)
         train_on_cpu(dataset=prepared.outputs["dataset"], parent_run_id=parent_run_id,  # no FID curve:
-                     checkpoint_root=CHECKPOINT_MOUNT, epochs=RETRY_EPOCHS, eval_every=0, **TINY)  # no evaluator
+                     checkpoint_root=CHECKPOINT_MOUNT, epochs=RETRY_EPOCHS, eval_every=0,  # no evaluator
+                     **TINY)
 
     data = runner._visible_to_containers(str(mnist_path), root)
     attempt = threading.Thread(target=lambda: train_task(data=data, parent_run_id=parent))
@@ -212,5 +217,6 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     assert run.info.status == "FINISHED" and run.data.tags["epochs_done"] == str(RETRY_EPOCHS)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["epochs"] == str(RETRY_EPOCHS)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == RETRY_EPOCHS * 2048 // 64  # every step once, across the kill
+    # every step once, across the kill
+    assert steps == sorted(set(steps)) and steps[-1] == RETRY_EPOCHS * 2048 // 64
     assert len(client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")) == 1

@@ -58,7 +58,8 @@ def test_truncated_file_is_refused(tmp_path, mnist_path):
 
 def test_wrongly_shaped_images_are_refused(tmp_path, arrays):
     path = _write(tmp_path / "flat.npz", **{**arrays, "x_train": arrays["x_train"].reshape(60000, 784)})
-    with pytest.raises(DataError, match=r"flat.npz: x_train must have shape \(N, 28, 28\) .* got \(60000, 784\)"):
+    with pytest.raises(DataError,
+                       match=r"flat.npz: x_train must have shape \(N, 28, 28\) .* got \(60000, 784\)"):
         load_mnist(str(path))
 
 

@@ -44,7 +44,8 @@ def _same_update(saved, run: str) -> bool:
 
 def _on_virtual_devices(mode: str, out, mnist_path, tmp_path) -> None:
     subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_runs.py"), mode, str(mnist_path),
-                    str(out)], check=True, env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300, cwd=tmp_path)
+                    str(out)], check=True, env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300,
+                   cwd=tmp_path)
 
 
 def test_four_devices_take_the_one_device_step(tmp_path, mnist_path):
@@ -86,7 +87,8 @@ def test_a_batch_the_devices_cannot_share_is_refused(capsys):
 
 
 def test_several_devices_on_tensorflow_are_refused_before_training(tmp_path, mnist_path):
-    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "2"], tmp_path, backend="tensorflow")
+    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "2"], tmp_path,
+                   backend="tensorflow")
     assert done.returncode == 2
     assert "devices=2 needs the JAX backend (KERAS_BACKEND=jax)" in done.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "mlflow.db").exists()
@@ -104,8 +106,8 @@ def test_mnist_gan_train_uses_all_four_devices_it_is_given(tmp_path, mnist_path)
     virtual CPU devices: a tracked run whose params name the 4 devices."""
     import mlflow
 
-    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "4", "--max-steps", "2"], tmp_path,
-                   **VIRTUAL_DEVICES)
+    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "4", "--max-steps", "2"],
+                   tmp_path, **VIRTUAL_DEVICES)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
     assert run.info.status == "FINISHED"

@@ -40,13 +40,15 @@ def test_a_training_step_moves_the_average_towards_the_new_weights():
 
     decay = 0.1  # the first update's warm-up decay, min(0.9, 1 / 10)
     for key in ("trainable", "non_trainable"):
-        for old, new_weight, averaged in zip(before[key], after[f"g_{key}"], after["g_ema"][key], strict=True):
+        for old, new_weight, averaged in zip(before[key], after[f"g_{key}"], after["g_ema"][key],
+                                             strict=True):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(averaged),
                                        decay * old + (1 - decay) * keras.ops.convert_to_numpy(new_weight),
                                        rtol=1e-5, atol=1e-7)
     assert float(after["g_ema"]["t"][0]) == 1.0
     trained, averaged = gan.generator_weights(after, averaged=False), gan.generator_weights(after)
-    assert not np.allclose(keras.ops.convert_to_numpy(trained[0][0]), keras.ops.convert_to_numpy(averaged[0][0]))
+    assert not np.allclose(keras.ops.convert_to_numpy(trained[0][0]),
+                           keras.ops.convert_to_numpy(averaged[0][0]))
 
 
 def test_ema_decay_zero_trains_exactly_as_without_an_average(tmp_path, mnist_path):

@@ -15,7 +15,8 @@ def test_a_collapsed_generator_scores_worse_than_a_trained_one(lab):
     for name in HEADLINE:
         if name in ("precision", "classes_covered"):
             continue
-        worse = collapsed[name] > trained[name] if name in LOWER_IS_BETTER else collapsed[name] < trained[name]
+        worse = (collapsed[name] > trained[name] if name in LOWER_IS_BETTER
+                 else collapsed[name] < trained[name])
         assert worse, f"{name}: collapsed {collapsed[name]} vs trained {trained[name]}"
     # Precision measures fidelity only: one real digit repeated is perfectly "precise". Recall and
     # class coverage are what see the collapse.

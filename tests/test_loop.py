@@ -55,8 +55,8 @@ def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_pa
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
     assert len(client.search_runs(client.get_run(resumed["run_id"]).info.experiment_id)) == 2
 
-    changed = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "3", "--checkpoint-dir", "resumed",
-                       "--resume", "--learning-rate", "0.001"], tmp_path)
+    changed = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "3",
+                       "--checkpoint-dir", "resumed", "--resume", "--learning-rate", "0.001"], tmp_path)
     assert changed.returncode == 2 and "trained with different learning_rate" in changed.stderr
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED", "a refused resume changes nothing"
 
@@ -96,7 +96,8 @@ def test_the_fid_curve_keeps_the_best_generator_and_resume_keeps_the_best_so_far
 
     resumed_dir = checkpoint.latest_run_dir(tmp_path / "resumed")
     resumed_best = checkpoint.latest_manifest(resumed_dir / BEST)
-    assert (resumed_best["epoch"], resumed_best["fid"]) == (best["epoch"], best["fid"]), "the best so far survives"
+    assert ((resumed_best["epoch"], resumed_best["fid"])
+            == (best["epoch"], best["fid"])), "the best so far survives"
     with np.load(best_dir / best["arrays"]) as a, np.load(resumed_dir / BEST / resumed_best["arrays"]) as b:
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
@@ -109,7 +110,8 @@ def test_select_last_exports_the_averaged_generator_of_the_last_step(tmp_path, m
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = checkpoint.latest_manifest(checkpoint.latest_run_dir(tmp_path / "checkpoints"))["run_id"]
     tags = client.get_run(run_id).data.tags
-    assert (tags["generator_artifact"], tags["generator_checkpoint"]) == ("models/generator_ema.keras", "last")
+    assert ((tags["generator_artifact"], tags["generator_checkpoint"])
+            == ("models/generator_ema.keras", "last"))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):

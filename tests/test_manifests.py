@@ -49,7 +49,8 @@ def refusals(objects: list[dict]) -> list[str]:
 
 
 def pod_specs(objects: list[dict]) -> list[dict]:
-    return [obj["spec"]["template"]["spec"] for obj in objects if obj["kind"] in ("Deployment", "StatefulSet")]
+    return [obj["spec"]["template"]["spec"] for obj in objects
+            if obj["kind"] in ("Deployment", "StatefulSet")]
 
 
 def containers(objects: list[dict]) -> dict[str, dict]:
@@ -102,7 +103,8 @@ def test_mlflow_answers_to_its_service_names_and_requires_a_login(tracking):
     assert {"mlflow.mnist-gan.svc:5000", "mlflow:5000"} <= set(allowed)
     for variable, key in ADMIN_ENV.items():
         assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "mnist-gan-stack", "key": key}
-    assert mlflow["readinessProbe"]["httpGet"]["path"] == mlflow["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert (mlflow["readinessProbe"]["httpGet"]["path"] == mlflow["livenessProbe"]["httpGet"]["path"]
+            == "/health")
 
 
 def test_the_server_upgrades_its_database_schema_before_it_starts(tracking):

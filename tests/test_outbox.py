@@ -14,7 +14,8 @@ def test_a_journal_left_by_a_killed_process_is_sent_in_order_up_to_a_cut_line(tm
     run_id = client.create_run(client.create_experiment("outbox")).info.run_id
     journal = tmp_path / "run" / "tracking-journal.jsonl"
     journal.parent.mkdir()
-    items = [{"key": "d_loss", "value": 0.5 + step, "step": step, "timestamp": 1000 + step} for step in (2, 4)]
+    items = [{"key": "d_loss", "value": 0.5 + step, "step": step, "timestamp": 1000 + step}
+             for step in (2, 4)]
     journal.write_text("".join(json.dumps(item) + "\n" for item in items) + '{"key": "d_lo')
 
     outbox = Outbox(run_id, journal, client)

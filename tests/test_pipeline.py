@@ -70,7 +70,8 @@ def test_the_training_task_tolerates_tainted_gpu_nodes_and_selects_them(compiled
     train = kubernetes["exec-train-gan"]
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-    assert not any("tolerations" in e or "nodeSelector" in e for n, e in kubernetes.items() if n != "exec-train-gan")
+    assert not any("tolerations" in e or "nodeSelector" in e for n, e in kubernetes.items()
+                   if n != "exec-train-gan")
 
 
 def test_gpu_count_is_both_the_request_and_the_devices_training_uses(tmp_path):
@@ -124,7 +125,8 @@ def test_data_and_evaluator_are_cached_and_tasks_that_write_to_mlflow_never(comp
 
 def test_cpu_only_compiles_without_an_accelerator(tmp_path):
     path = tmp_path / "cpu.yaml"
-    assert run_cli(["pipeline", "compile", "-o", str(path), "--cpu-only"], tmp_path, timeout=120).returncode == 0
+    assert run_cli(["pipeline", "compile", "-o", str(path), "--cpu-only"], tmp_path,
+                   timeout=120).returncode == 0
     assert "accelerator" not in path.read_text()
 
 
@@ -247,8 +249,8 @@ def test_the_compiled_pipeline_parses_strictly_and_a_broken_one_does_not(tmp_pat
 
 
 def test_a_sweep_fans_trials_out_under_a_capped_parallel_for_with_the_gpu_inside_only(tmp_path):
-    spec, _ = _compile(tmp_path, "--sweep", "{seed: [0, 1, 2], learning_rate: [1e-4, 2e-4]}", "--parallelism", "3",
-                       "--gpu-count", "2")
+    spec, _ = _compile(tmp_path, "--sweep", "{seed: [0, 1, 2], learning_rate: [1e-4, 2e-4]}",
+                       "--parallelism", "3", "--gpu-count", "2")
     tasks = spec["root"]["dag"]["tasks"]
     (loop,) = [name for name in tasks if name.startswith("for-loop")]
     assert tasks[loop]["iteratorPolicy"]["parallelismLimit"] == 3
@@ -259,6 +261,7 @@ def test_a_sweep_fans_trials_out_under_a_capped_parallel_for_with_the_gpu_inside
     executors = spec["deploymentSpec"]["executors"]
     with_gpu = {name for name, e in executors.items() if "accelerator" in e["container"].get("resources", {})}
     assert with_gpu == {"exec-train-and-evaluate-trial"}
-    assert executors["exec-train-and-evaluate-trial"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert (executors["exec-train-and-evaluate-trial"]["container"]["resources"]["accelerator"]
+            ["resourceCount"] == "2")
     assert {"rank-trials", "register", "evaluation-gate"} <= set(tasks) and "train-gan" not in tasks
     assert tasks["rank-trials"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"

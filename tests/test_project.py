@@ -32,7 +32,8 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
         assert len(client.get_metric_history(run_id, f"epoch_{name}")) == epochs, name
     assert any(key.startswith("system/") for key in run.data.metrics), "system metrics are on"
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "mnist" and dataset_input.dataset.digest == params["data_sha256"][:32]
+    assert (dataset_input.dataset.name == "mnist"
+            and dataset_input.dataset.digest == params["data_sha256"][:32])
 
     artifacts = Path(client.download_artifacts(run_id, "", str(tmp_path / "downloaded")))
     grids = sorted(p.name for p in (artifacts / "grids").iterdir())
@@ -51,7 +52,8 @@ def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path
 
 def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist_path):
     # recognisable fake credentials in the environment: none may be written anywhere (checked at the end)
-    secrets = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12", "AWS_SECRET_ACCESS_KEY": "FAKE-aws-secret-Zy98"}
+    secrets = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12",
+               "AWS_SECRET_ACCESS_KEY": "FAKE-aws-secret-Zy98"}
     env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **secrets, **USERNAME)
     params = {"preset": "tiny", "data": str(mnist_path), "train_images": 256, "batch_size": 64,
               "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "samples": 500}
@@ -65,7 +67,8 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
     assert all(r.info.status == "FINISHED" for r in runs)
     _check_complete_run(client, children["train"].info.run_id, tmp_path, epochs=2)
@@ -81,7 +84,8 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
              champion.tags["generator_epoch"])
     assert which == ("ema", "best", "2"), which
     assert "exports averaged (EMA) weights, best curve FID at epoch 2" in result.stdout
-    report = Path(client.download_artifacts(children["evaluate"].info.run_id, "report/report.md", str(tmp_path)))
+    report = Path(client.download_artifacts(children["evaluate"].info.run_id, "report/report.md",
+                                            str(tmp_path)))
     assert "(averaged (EMA) weights, best curve FID at epoch 2)" in report.read_text()
     assert not leaks([tmp_path, result.stdout, result.stderr], list(secrets.values()))
 

@@ -93,7 +93,8 @@ def test_racing_promotions_end_with_the_champion_the_rule_picks(lab):
     # whichever went first, version 3 (FID 40) must end as champion: it beats both 1 and 2
     assert champion(lab, name) == "3"
     second = version_tags(lab, name, "2")
-    lost_to_3 = second["promotion.decision"] == "refused" and "FID 50.000 vs champion 40.000" in second["promotion.reason"]
+    lost_to_3 = (second["promotion.decision"] == "refused"
+                 and "FID 50.000 vs champion 40.000" in second["promotion.reason"])
     superseded_by_3 = version_tags(lab, name, "3")["promotion.previous_champion"] == "2"
     assert lost_to_3 or superseded_by_3, "the loser's decision and reason are recorded"
     assert name + ".promotion-lock" not in [m.name for m in lab.client.search_registered_models()]

@@ -55,7 +55,8 @@ def test_a_version_whose_files_were_modified_or_lost_is_refused_and_not_loaded(l
     assert "does not match" in failed.stderr and not (tmp_path / "s.npz").exists()
     serve = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/1",
              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(free_port())]
-    refused = subprocess.run(serve, cwd=lab.directory, env=cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri),
+    refused = subprocess.run(serve, cwd=lab.directory,
+                             env=cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri),
                              capture_output=True, text=True, timeout=300, check=False)
     assert refused.returncode != 0 and "refusing to serve a modified or corrupted model" in refused.stderr
     lab.cli("promote", "--name", name, "--version", "3")
@@ -75,4 +76,5 @@ def test_a_version_is_the_logged_model_of_the_run_that_trained_it(lab):
     evaluated = lab.client.get_run(lab.trained_eval).data.metrics
     assert metrics["fid"].value == evaluated["fid"] and metrics["fid"].dataset_name == "mnist-test"
     assert metrics["fid"].run_id == lab.trained_eval, "the evaluation run scored this model"
-    assert metrics["final_g_loss"].dataset_name == "mnist" and metrics["final_g_loss"].run_id == lab.trained_run
+    assert (metrics["final_g_loss"].dataset_name == "mnist"
+            and metrics["final_g_loss"].run_id == lab.trained_run)

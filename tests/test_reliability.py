@@ -115,9 +115,11 @@ def test_a_retried_kubeflow_training_task_resumes_its_own_checkpoint(tmp_path, m
                                300, "a checkpoint of the first attempt", first)
         first.send_signal(signal.SIGKILL)  # the pod dies; KFP runs the same task again
         first.wait()
-        retry = subprocess.run(task, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+        retry = subprocess.run(task, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                               check=False)
         assert retry.returncode == 0, retry.stderr[-3000:]
-        assert f"trained {run_dir.name} resumed" in retry.stdout, "the retry continued the first attempt's run"
+        assert f"trained {run_dir.name} resumed" in retry.stdout, (
+            "the retry continued the first attempt's run")
         run = client.get_run(run_dir.name)
         assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
         assert [s for s, _ in _history(client, run_dir.name)] == list(range(2, STEPS + 1, 2))
@@ -130,7 +132,8 @@ def test_training_survives_a_tracking_server_outage_and_loses_no_metric(tmp_path
         client = mlflow.MlflowClient(uri)
         with open(log, "w") as out:
             trainer = subprocess.Popen(_train_args(mnist_path, tmp_path / "ckpt"), cwd=tmp_path, stdout=out,
-                                       stderr=subprocess.STDOUT, env=cli_env(tmp_path, MLFLOW_TRACKING_URI=uri))
+                                       stderr=subprocess.STDOUT,
+                                       env=cli_env(tmp_path, MLFLOW_TRACKING_URI=uri))
         run_dir = _wait_for(lambda: next((tmp_path / "ckpt").glob("*"), None), 300, "the training run",
                             trainer)
         run_id = run_dir.name
@@ -156,7 +159,8 @@ def test_an_s3_store_refusing_the_credentials_fails_fast_naming_endpoint_and_buc
         endpoint = s3_env["AWS_ENDPOINT_URL"]
         with mlflow_server(tmp_path / "mlflow", extra_args=(
                 "--default-artifact-root", "s3://mnist-gan/mlflow", "--no-serve-artifacts")) as uri:
-            wrong = {**s3_env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-q8Zx3", "MLFLOW_S3_ENDPOINT_URL": endpoint}
+            wrong = {**s3_env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-q8Zx3",
+                     "MLFLOW_S3_ENDPOINT_URL": endpoint}
             result = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "1"], tmp_path,
                              MLFLOW_TRACKING_URI=uri, **wrong)
             assert result.returncode == 2, result.stderr[-3000:]

@@ -185,7 +185,8 @@ def _sweep_runs(tracking_uri: str, parent_name: str | None = None):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
                  and (parent_name is None or r.info.run_name.startswith(parent_name))]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     return client, parent, children
 
 
@@ -240,7 +241,7 @@ def test_a_sweep_whose_trials_all_fail_exits_1_and_promotes_nothing(tmp_path, mn
 def test_the_sweep_pipeline_runs_under_kfp_local(tmp_path, mnist_less_one):
     params = {**BASE, "data": str(mnist_less_one)}
     flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
-    result = run_cli(["pipeline", "run-local", "--sweep", SPEC, *flags, "--pipeline-root", str(tmp_path / "root")],
-                     tmp_path, timeout=1200)
+    result = run_cli(["pipeline", "run-local", "--sweep", SPEC, *flags,
+                      "--pipeline-root", str(tmp_path / "root")], tmp_path, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     _check_ranked_and_promoted(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, parent_name="kfp-")

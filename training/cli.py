@@ -181,7 +181,8 @@ def _sweep(args):
     def progress(outcome) -> None:
         what = ", ".join(f"{k}={v}" for k, v in outcome.trial.values.items())
         done = f"run {outcome.training_run_id}" if outcome.status == "finished" else outcome.error
-        print(f"sweep: trial {outcome.trial.index}/{len(trials)} ({what}) {outcome.status}: {done}", flush=True)
+        print(f"sweep: trial {outcome.trial.index}/{len(trials)} ({what}) {outcome.status}: {done}",
+              flush=True)
 
     return lambda: jobs.sweep(trials, base, job, args.workers, on_outcome=progress)
 

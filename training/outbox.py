@@ -55,7 +55,8 @@ class Outbox:
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._queue([{"key": k, "value": float(v), "step": step, "timestamp": now} for k, v in values.items()])
+        self._queue([{"key": k, "value": float(v), "step": step, "timestamp": now}
+                     for k, v in values.items()])
 
     def artifact(self, path: Path, artifact_path: str) -> None:
         self._queue([{"file": str(path), "artifact_path": artifact_path}])
@@ -80,7 +81,8 @@ class Outbox:
                       f"{len(self.pending)} item(s) kept in {self.journal} until it is back", flush=True)
             return False
         if self.unreachable_since is not None:
-            print(f"tracking: MLflow reachable again after {time.monotonic() - self.unreachable_since:.0f} s; "
+            print("tracking: MLflow reachable again after "
+                  f"{time.monotonic() - self.unreachable_since:.0f} s; "
                   "everything kept has been sent", flush=True)
             self.unreachable_since = None
         return True

@@ -99,7 +99,8 @@ def _read_spec(spec: str) -> tuple[list[dict], dict[str, list]]:
     except yaml.YAMLError as err:
         raise ConfigError(f"sweep spec {spec}: not YAML or JSON ({str(err).splitlines()[0]})") from None
     if isinstance(loaded, dict):
-        return [{}], {name: values if isinstance(values, list) else [values] for name, values in loaded.items()}
+        return [{}], {name: values if isinstance(values, list) else [values]
+                      for name, values in loaded.items()}
     if isinstance(loaded, list) and loaded and all(isinstance(t, dict) for t in loaded):
         return loaded, {}
     raise ConfigError(f"sweep spec {spec}: must be a mapping of parameter -> values (a grid) "

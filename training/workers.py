@@ -41,7 +41,8 @@ def run_each(function: Callable, calls: list[tuple], workers: int, log_dir: Path
         while waiting and len(running) < workers:
             index, args = waiting.pop(0)
             result_file = log_dir / f".{index}.result"
-            process = context.Process(target=_call, args=(function, args, result_file, log_dir / f"{index}.log"))
+            process = context.Process(target=_call,
+                                      args=(function, args, result_file, log_dir / f"{index}.log"))
             process.start()
             running[process.sentinel] = (index, process, result_file)
         for sentinel in wait(list(running)):

@@ -16,19 +16,22 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 install: $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCKED)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --require-hashes -r $(LOCKED)
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "make install: $(VENV) from $(LOCKED), every package checked against its hash"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq --require-hashes -r $(LOCKED)
+	@$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@touch $@
 
 requirements/%.txt:
 	@echo "EXTRAS=$(EXTRAS) has no locked export ($@): pick one of requirements/*.txt," \
 		"or add it to infra/lockfiles.py and run make lock" >&2; exit 2
 
-# The main job, tracked to $$MLFLOW_TRACKING_URI or MLflow's default sqlite:///mlflow.db.
+# The main job, tracked to $$MLFLOW_TRACKING_URI or MLflow's default sqlite:///mlflow.db. MLflow's own
+# INFO lines (database set-up, the command it runs) show with MNIST_GAN_LOG_LEVEL=debug.
+QUIET_MLFLOW = $(if $(filter debug DEBUG,$(MNIST_GAN_LOG_LEVEL)),,MLFLOW_LOGGING_LEVEL="$${MLFLOW_LOGGING_LEVEL:-WARNING}")
 run: install
-	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . --env-manager local $(PARAMS)
+	PATH="$(BIN):$$PATH" $(QUIET_MLFLOW) $(BIN)/mlflow run . --env-manager local $(PARAMS)
 
 # Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest.
 test: install

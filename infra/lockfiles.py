@@ -75,14 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     stale = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
-            print(f"{path.relative_to(ROOT)} differs from uv.lock: run `make lock`", file=sys.stderr)
+            print(f"{_shown(path)} differs from uv.lock: run `make lock`", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
         path.parent.mkdir(exist_ok=True)
         path.write_text(files[path])
     print(f"{len(stale)} of {len(files)} files rewritten from uv.lock: "
-          f"{', '.join(str(path.relative_to(ROOT)) for path in stale) or 'none differed'}")
+          f"{', '.join(map(_shown, stale)) or 'none differed'}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 if __name__ == "__main__":

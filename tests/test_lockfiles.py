@@ -40,6 +40,16 @@ def test_requirements_and_conda_yaml_are_what_the_lock_generates():
     assert done.returncode == 0, done.stderr
 
 
+def test_a_file_edited_by_hand_is_reported_then_rewritten_from_the_lock(tmp_path, monkeypatch, capsys):
+    edited = tmp_path / "conda.yaml"
+    edited.write_text((ROOT / "conda.yaml").read_text().replace("mlflow==3.17.2", "mlflow==3.17.1"))
+    monkeypatch.setattr(lockfiles, "CONDA_YAML", edited)
+    assert lockfiles.main(["--check"]) == 1 and "mlflow==3.17.1" in edited.read_text()
+    assert f"{edited} differs from uv.lock" in capsys.readouterr().err
+    assert lockfiles.main([]) == 0
+    assert edited.read_text() == (ROOT / "conda.yaml").read_text()
+
+
 def test_conda_yaml_pins_what_the_cuda_image_installs():
     conda = pins((ROOT / "conda.yaml").read_text())
     image = pins((ROOT / "requirements" / "gpu-jax-cuda.txt").read_text())

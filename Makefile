@@ -46,7 +46,7 @@ lint: install
 
 # Every CPU benchmark (about 35 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
 # BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving picks some (serving needs jobs' model).
-BENCH_DATA ?= $(if $(wildcard ../shared/data/mnist.npz),../shared/data/mnist.npz,https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
+BENCH_DATA ?= $(or $(MNIST_GAN_TEST_DATA),https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
 BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving
 bench: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)

@@ -6,7 +6,7 @@ median seconds per step is kept. On a CPU the devices are virtual (XLA_FLAGS, se
 share the same cores, so this proves the path rather than a speed-up.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 KERAS_BACKEND=jax \\
-        python -m benchmarks.data_parallel --data ../shared/data/mnist.npz --preset tiny --devices 1,2,4
+        python -m benchmarks.data_parallel --data ~/data/mnist.npz --preset tiny --devices 1,2,4
 
 Imports neither TensorFlow (on the JAX backend) nor MLflow, so the GPU check runs it too.
 """

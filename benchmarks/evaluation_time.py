@@ -1,6 +1,6 @@
 """Wall time of one sample evaluation (10,000 samples by default) on this machine, by stage.
 
-    python benchmarks/evaluation_time.py --data ../shared/data/mnist.npz [--preset seed] [--samples 10000]
+    python benchmarks/evaluation_time.py --data ~/data/mnist.npz [--preset seed] [--samples 10000]
 
 The generator is a freshly built one of the preset (its weights do not change the work done); the
 evaluator is the cached one (trained first if absent, outside the timing).

@@ -11,7 +11,7 @@ OUT="${OUT:-$(mktemp -d)}"
 DATA="${DATA:-.gpu/mnist.npz}"
 if [[ "${1:-}" == "--cpu" ]]; then
   PYTHON=.venv/bin/python
-  DATA="${DATA_CPU:-../shared/data/mnist.npz}"
+  DATA="${DATA_CPU:-${MNIST_GAN_TEST_DATA:?set MNIST_GAN_TEST_DATA (or DATA_CPU) to a local mnist.npz}}"
   export JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
 else
   PYTHON=python3

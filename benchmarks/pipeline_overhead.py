@@ -5,7 +5,7 @@ overhead is the wall time minus the `train_seconds` its training run logged (sta
 evaluation of `samples` images, reports, registration, promotion). The evaluation's own time is its
 run's `evaluation_seconds`.
 
-    python -m benchmarks.pipeline_overhead --data ../shared/data/mnist.npz --work outputs/bench/jobs
+    python -m benchmarks.pipeline_overhead --data ~/data/mnist.npz --work outputs/bench/jobs
 """
 
 from __future__ import annotations

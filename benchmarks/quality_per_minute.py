@@ -7,7 +7,7 @@ the moving average its step keeps (`ema_decay`), and averages of other decays ke
 (outside the timed steps); it also times one point of the FID curve (the averaged and the raw G on
 `eval_samples`), its share of training at the default `eval_every`.
 
-    KERAS_BACKEND=tensorflow python -m benchmarks.quality_per_minute --data ../shared/data/mnist.npz
+    KERAS_BACKEND=tensorflow python -m benchmarks.quality_per_minute --data ~/data/mnist.npz
 """
 
 from __future__ import annotations

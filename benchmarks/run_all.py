@@ -4,7 +4,7 @@ Each benchmark runs in its own process (the Keras backend is fixed per process),
 so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json; the section of
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
-    python -m benchmarks.run_all --data ../shared/data/mnist.npz \
+    python -m benchmarks.run_all --data ~/data/mnist.npz \
         [--only throughput,data_parallel,sweep,quality,ema_decay,jobs,serving]
 """
 

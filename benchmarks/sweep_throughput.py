@@ -4,7 +4,7 @@ Each measurement is a whole sweep as a user runs it, in a fresh folder with its 
 store: the trials (train + evaluate, each in its own process), the ranking, registration and promotion.
 The evaluator classifier comes from the cache, as after a user's first run.
 
-    python -m benchmarks.sweep_throughput --data ../shared/data/mnist.npz --trials 4 --workers 1,2
+    python -m benchmarks.sweep_throughput --data ~/data/mnist.npz --trials 4 --workers 1,2
 """
 
 from __future__ import annotations

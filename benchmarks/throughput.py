@@ -4,7 +4,7 @@ One step = 1 D update + 5 G updates in both. After a warm-up (compilation) of ea
 alternating rounds (A B A B ...), each round `steps` steps ended by one host sync; the ratio is taken
 per round pair, so a drift of the machine's speed hits both sides alike.
 
-    KERAS_BACKEND=jax python -m benchmarks.throughput --data ../shared/data/mnist.npz --preset small
+    KERAS_BACKEND=jax python -m benchmarks.throughput --data ~/data/mnist.npz --preset small
 
 Imports neither TensorFlow (on the JAX backend) nor MLflow, so the GPU check runs it too.
 """

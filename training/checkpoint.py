@@ -1,7 +1,10 @@
 """Atomic training checkpoints: the whole state as one .npz plus a JSON manifest holding its sha256.
 
 A checkpoint counts only when its manifest exists and the .npz matches the manifest's digest, so a
-half-written or corrupted latest checkpoint is skipped in favour of the previous good one.
+half-written or corrupted latest checkpoint is skipped in favour of the previous good one. Training
+that stops early says what its checkpoints hold: Preempted (resumable), NonFiniteLoss (the bad weights
+were never saved). Keras is imported only to write or restore a checkpoint: the CLI and the pre-flight
+checks import this module without it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ KEEP = 2  # checkpoints kept on disk: the newest and one to fall back on
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not fit the model being trained."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; training stopped before checkpointing the bad weights."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
 
 def save(directory: Path, state, meta: dict[str, Any]) -> Path:

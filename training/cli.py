@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training import checks, console
+from training.checkpoint import CheckpointError, NonFiniteLoss, Preempted
 from training.config import (
     MAX_SAMPLES,
     ConfigError,
@@ -27,6 +28,7 @@ from training.config import (
     params,
     parse_and_check,
 )
+from training.data import DataError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_PREEMPTED = 2, 1, 143
 COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": MAX_SAMPLES})
@@ -418,9 +420,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(name: str, run, report) -> int:
     from mlflow.exceptions import MlflowException
 
-    from training.checkpoint import CheckpointError
-    from training.data import DataError
-    from training.loop import NonFiniteLoss, Preempted
     from training.registry import RegistryError
 
     try:

@@ -322,7 +322,6 @@ def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkp
     """Train and evaluate one trial of a sweep (a sweep.Trial over `base`) under the sweep's parent
     run; returns its sweep.Outcome. A trial that fails (NaN losses, a value its model cannot take,
     out of memory) is recorded as failed, on its run and in the outcome, and does not stop the sweep."""
-    from training.loop import Preempted
     from training.sweep import Outcome, failed
 
     config = trial.config(base)
@@ -332,7 +331,7 @@ def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkp
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, samples, config.seed,
                              training_run_id=trained.run_id, parent_run_id=parent_run_id,
                              classifier_dir=classifier_dir)
-    except Preempted:
+    except checkpoint.Preempted:
         raise  # the pipeline retries the task, which resumes the trial
     except Exception as err:  # noqa: BLE001 (the trial is the boundary: its run ends FAILED with this error)
         outcome = failed(trial, f"{type(err).__name__}: {err}")

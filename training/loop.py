@@ -22,6 +22,7 @@ import numpy as np
 
 from training import backend, checkpoint, plots
 from training.adam import Adam
+from training.checkpoint import NonFiniteLoss, Preempted
 from training.config import TrainConfig
 from training.data import epoch_batches, steps_per_epoch
 from training.models import PRESET_WIDTHS, build_discriminator, build_generator
@@ -35,14 +36,6 @@ BEST = "best"  # the checkpoint folder's subfolder holding the generator of the 
 
 # A judge scores a generator with given (trainable, non-trainable) weights: {"fid": ..., ...}
 Judge = Callable[[Any, tuple[list, list]], dict[str, float]]
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite; training stopped before checkpointing the bad weights."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
 
 class Tracker(Protocol):

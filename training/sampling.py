@@ -11,9 +11,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run: the raw G of its last step
-GENERATOR_ARTIFACT_TAG = "generator_artifact"  # a training run's tag naming the generator it exports
-
 
 def latents(n: int, z_dim: int, seed: int | tuple[int, ...]) -> np.ndarray:
     """z ~ U(-1, 1): (n, z_dim) float32, the same for the same seed everywhere (training's sample grids,
@@ -64,6 +61,8 @@ def generator_path(uri: str) -> Path:
 def _exported_generator(run_id: str) -> Path:
     """The generator a training run exports (averaged, best: its tag says), downloaded."""
     import mlflow
+
+    from training.tracking import GENERATOR_ARTIFACT, GENERATOR_ARTIFACT_TAG
 
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     artifact = tags.get(GENERATOR_ARTIFACT_TAG, GENERATOR_ARTIFACT)

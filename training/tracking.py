@@ -17,7 +17,6 @@ import mlflow
 from training.config import TrainConfig
 from training.data import Mnist
 from training.outbox import Outbox
-from training.sampling import GENERATOR_ARTIFACT_TAG
 
 if TYPE_CHECKING:
     from training.loop import TrainResult
@@ -27,6 +26,8 @@ JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflo
 MAX_TAG = 5000  # characters of a tag value MLflow stores
 CURVE = "curve"  # the FID curve's metrics (curve/fid, curve/raw_fid, ...), at the step they were scored
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "mlflow", "numpy")
+GENERATOR_ARTIFACT = "models/generator.keras"  # in a training run: the raw G of its last step
+GENERATOR_ARTIFACT_TAG = "generator_artifact"  # a training run's tag naming the generator it exports
 
 
 class MlflowTracker:

@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 LOCKED := requirements/$(subst $(comma),-,$(EXTRAS)).txt
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint lock mlproject clean serve services images image push bench
+.PHONY: install run test check lint lock mlproject clean serve services images image push bench
 
 install: $(STAMP)
 
@@ -33,12 +33,19 @@ QUIET_MLFLOW = $(if $(filter debug DEBUG,$(MNIST_GAN_LOG_LEVEL)),,MLFLOW_LOGGING
 run: install
 	PATH="$(BIN):$$PATH" $(QUIET_MLFLOW) $(BIN)/mlflow run . --env-manager local $(PARAMS)
 
-# Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest.
+# Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest
+# on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup).
+TEST_WORKERS ?= 2
+PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: install
 	. infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
 		MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
-		MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) \
-		PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+		MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) $(PYTEST) $(PYTEST_ARGS)
+
+# The fast tier, while you change the code: lint, then every test that starts no server, container or
+# training, each within 60 s (a slow test without its mark fails here instead of slowing the tier).
+check: lint
+	$(PYTEST) -m "not slow and not containers" --timeout 60 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks

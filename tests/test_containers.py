@@ -21,7 +21,8 @@ from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import JobConfig
 from training.data import file_sha256
 
-pytestmark = pytest.mark.slow
+# one worker runs them all, in order: they share the images, the tracking stack and one pipeline run
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.xdist_group("containers")]
 MODEL_NAME = JobConfig().model_name
 TINY = {"preset": "tiny", "train_images": 2048, "batch_size": 64, "log_every": 4}
 RETRY_EPOCHS = 4  # of the training killed after its first epoch

@@ -1,77 +1,85 @@
-"""The MLflow project: `mlflow run .` leaves a complete run, against the embedded sqlite default and
-against a real `mlflow server` (its parameters are generated from the config: tests/test_config.py)."""
+"""The MLflow project: `make run` (= `mlflow run .`) leaves a complete run on the embedded sqlite default
+and prints what a person needs (against a real `mlflow server` and S3: tests/test_checks.py; its
+parameters are generated from the config: tests/test_config.py)."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import mlflow
-import numpy as np
+import pytest
 
-from infra.local_stack import mlflow_server
-from tests.conftest import ROOT, TINY, cli_env, run_cli
+from tests.conftest import ROOT, cli_env
 from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
-from training.config import JobConfig, TrainConfig, names
+from tests.tracked_run import check_complete_run
+from training.config import JobConfig
+
+THIRD_PARTY = re.compile(r"mlflow\.(system_metrics|store)|cpu_feature_guard|oneDNN|absl::|UserWarning|"
+                         r"Add type hints|interpreted in multiple ways|grappler|NodeDef|^I0000|^W0000|^E0000|"
+                         r"Successfully registered model|Created version|WARNING mlflow|\d+/\d+ - \d+s")
+# recognisable fake credentials in the job's environment: none may be written anywhere
+SECRETS = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12",
+           "AWS_SECRET_ACCESS_KEY": "FAKE-aws-secret-Zy98"}
 
 
-def _check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path, epochs: int) -> None:
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    params = run.data.params
-    assert params["preset"] == "tiny" and params["epochs"] == str(epochs)
-    assert set(names(TrainConfig)) <= set(params)
-    assert params["backend"] == "tensorflow" and params["compute_precision"] == "float32"
-    assert params["accelerator"] == "cpu" and params["version_keras"] == keras.__version__
-    assert len(params["data_sha256"]) == 64
-    for name in ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake", "images_per_sec"):
-        assert len(client.get_metric_history(run_id, name)) >= 2, name
-        assert len(client.get_metric_history(run_id, f"epoch_{name}")) == epochs, name
-    assert any(key.startswith("system/") for key in run.data.metrics), "system metrics are on"
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert (dataset_input.dataset.name == "mnist"
-            and dataset_input.dataset.digest == params["data_sha256"][:32])
-
-    artifacts = Path(client.download_artifacts(run_id, "", str(tmp_path / "downloaded")))
-    grids = sorted(p.name for p in (artifacts / "grids").iterdir())
-    assert grids == [f"epoch_{e:04d}.png" for e in range(1, epochs + 1)]
-    assert (artifacts / "samples.gif").read_bytes()[:6] == b"GIF89a"
-    assert (artifacts / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (artifacts / "fid_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(client.get_metric_history(run_id, "curve/fid")) == 1, "the curve is scored at the end"
-    for exported in ("generator_ema", "generator_best"):
-        keras.saving.load_model(artifacts / "models" / f"{exported}.keras", safe_mode=True)
-    generator = keras.saving.load_model(artifacts / "models" / "generator.keras", safe_mode=True)
-    keras.saving.load_model(artifacts / "models" / "discriminator.keras", safe_mode=True)
-    fake = keras.ops.convert_to_numpy(generator(np.zeros((3, 100), "float32"), training=False))
-    assert fake.shape == (3, 28, 28, 1)
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory, mnist_path):
+    """The README's first command once, in a pipe as a pod's log or CI sees it: `make run` ->
+    `mlflow run . --env-manager local` -> the MLproject's main, on the tiny preset for 2 epochs (the venv
+    is already installed). Yields (tracking URI, work directory, the finished process)."""
+    tmp_path = tmp_path_factory.mktemp("main-job")
+    env = cli_env(tmp_path, MNIST_GAN_PROGRESS_EVERY_S="0", TF_CPP_MIN_LOG_LEVEL="",
+                  MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **SECRETS, **USERNAME)
+    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).create_experiment(
+        "project-test", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns in the checkout
+    params = {"preset": "tiny", "data": mnist_path, "train_images": 256, "batch_size": 64, "log_every": 2,
+              "eval_samples": 500, "epochs": 2, "samples": 500, "checkpoint_dir": tmp_path / "ckpt"}
+    cli_params = " ".join(f"-P {name}={value}" for name, value in params.items())
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", "run",
+                           f"VENV={Path(sys.executable).parent.parent}",
+                           f"PARAMS={cli_params} --experiment-name project-test"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return env["MLFLOW_TRACKING_URI"], tmp_path, done
 
 
-def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist_path):
-    # recognisable fake credentials in the environment: none may be written anywhere (checked at the end)
-    secrets = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12",
-               "AWS_SECRET_ACCESS_KEY": "FAKE-aws-secret-Zy98"}
-    env = cli_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **secrets, **USERNAME)
-    params = {"preset": "tiny", "data": str(mnist_path), "train_images": 256, "batch_size": 64,
-              "epochs": 2, "log_every": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "samples": 500}
-    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
-               "--experiment-name", "project-test"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+@pytest.mark.slow
+@pytest.mark.xdist_group("main_job")
+def test_make_run_in_a_pipe_prints_progress_lines_and_a_summary_and_nothing_else(main_job):
+    """What a person sees: plain progress lines, the job's own lines and a summary; no terminal control
+    characters and no third-party start-up notices."""
+    _, _, done = main_job
+    assert "\b" not in done.stdout and "\r" not in done.stdout, "no progress bar in a pipe"
+    lines = done.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("epoch ")]
+    assert progress and all(re.match(r"epoch \d+/2  step \d+/4  d_loss [\d.]+  g_loss [\d.]+", line)
+                            for line in progress)
+    noise = [line for line in lines + done.stderr.splitlines() if THIRD_PARTY.search(line)]
+    assert not noise, noise
+    summary = lines[lines.index(next(line for line in lines if line.startswith("main: done"))):]
+    assert summary[1].startswith("  champion: mnist-gan-generator version 1; alias 'champion' moved")
+    assert re.match(r"  FID [\d.]+ on 500 samples \(real images score [\d.]+\)", summary[2])
+    assert "mlflow ui --backend-store-uri sqlite:///" in summary[3] and "report.html" in summary[4]
+    outside_progress = [line for line in lines + done.stderr.splitlines() if not line.startswith("epoch ")]
+    assert len(outside_progress) < 25, outside_progress
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("main_job")
+def test_mlflow_run_main_trains_evaluates_registers_and_promotes(main_job):
+    uri, tmp_path, result = main_job
+    client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"prepare-data", "train", "evaluate", "register", "promote"}
     assert all(r.info.status == "FINISHED" for r in runs)
-    _check_complete_run(client, children["train"].info.run_id, tmp_path, epochs=2)
+    check_complete_run(client, children["train"].info.run_id, tmp_path, epochs=2)
     tags = parent.data.tags
     assert tags["training_run_id"] == children["train"].info.run_id
     assert tags["evaluation_run_id"] == children["evaluate"].info.run_id and tags["promoted"] == "true"
@@ -87,18 +95,7 @@ def test_mlflow_run_main_trains_evaluates_registers_and_promotes(tmp_path, mnist
     report = Path(client.download_artifacts(children["evaluate"].info.run_id, "report/report.md",
                                             str(tmp_path)))
     assert "(averaged (EMA) weights, best curve FID at epoch 2)" in report.read_text()
-    assert not leaks([tmp_path, result.stdout, result.stderr], list(secrets.values()))
-
-
-def test_training_tracks_to_an_http_tracking_server(tmp_path, mnist_path):
-    with mlflow_server(tmp_path / "server") as uri:
-        result = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "1"], tmp_path,
-                         MLFLOW_TRACKING_URI=uri, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = mlflow.MlflowClient(uri)
-        (run,) = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
-        _check_complete_run(client, run.info.run_id, tmp_path, epochs=1)
-        assert (tmp_path / "server" / "artifacts").is_dir()
+    assert not leaks([tmp_path, result.stdout, result.stderr], list(SECRETS.values()))
 
 
 def _imported_modules(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training import checks, console
-from training.checkpoint import CheckpointError, NonFiniteLoss, Preempted
+from training.checkpoint import CheckpointError, Preempted
 from training.config import (
     MAX_SAMPLES,
     ConfigError,
@@ -418,10 +418,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(name: str, run, report) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from training.registry import RegistryError
-
     try:
         result = run()
     except Preempted as err:  # before the RuntimeError it derives from
@@ -430,12 +426,19 @@ def _run(name: str, run, report) -> int:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
         print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (NonFiniteLoss, RegistryError, MlflowException, RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, *_mlflow_errors()) as err:  # NonFiniteLoss, RegistryError: RuntimeErrors
         print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     for line in report(result):
         print(line)
     return 0
+
+
+def _mlflow_errors() -> tuple[type[Exception], ...]:
+    """MlflowException, if the job imported MLflow (else nothing can have raised it): a command that
+    never talks to MLflow, such as `pipeline compile`, does not import it to report its errors."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return (exceptions.MlflowException,) if exceptions else ()
 
 
 if __name__ == "__main__":

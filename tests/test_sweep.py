@@ -16,7 +16,7 @@ from tests.conftest import ROOT, cli_env, run_cli
 from tests.worker_calls import square_or_die
 from training import classifier, sweep, workers
 from training.config import ConfigError, TrainConfig
-from training.data import CACHE_DIR, file_sha256, load_mnist
+from training.data import file_sha256, load_mnist
 from training.promotion import PromotionRule
 
 # The failing trial asks for every training image of MNIST, from a copy that lacks the last one: a value
@@ -39,9 +39,10 @@ def mnist_less_one(tmp_path_factory, mnist_path) -> Path:
     arrays["x_train"], arrays["y_train"] = arrays["x_train"][:-1], arrays["y_train"][:-1]
     path = tmp_path_factory.mktemp("data") / "mnist-59999.npz"
     np.savez(path, **arrays)
-    evaluators = CACHE_DIR / "evaluator"
-    full = classifier.load_or_train(load_mnist(str(mnist_path)), cache_dir=evaluators)
-    classifier.save(full, evaluators / f"{classifier.CLASSIFIER_VERSION}-{file_sha256(path)[:16]}")
+    full = classifier.load_or_train(load_mnist(str(mnist_path)))
+    entry = classifier.EVALUATOR_CACHE / classifier.cache_key(file_sha256(path))
+    if not (entry / "meta.json").is_file():  # saved by an earlier run, or by another test worker
+        classifier.save(full, entry)
     return path
 
 

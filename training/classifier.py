@@ -1,13 +1,19 @@
 """The MNIST classifier that judges generated digits: its penultimate features and class probabilities
-feed the sample metrics (training/evaluation.py). Trained once per (training-data digest,
-CLASSIFIER_VERSION) and cached, so two
-evaluations that are compared always use the same weights.
+feed the sample metrics (training/evaluation.py). Trained once per training data and training code, and
+cached, so two evaluations that are compared always use the same weights.
+
+The cache (EVALUATOR_CACHE) holds one folder per key, `cnn-<code digest>-<data digest>`, complete once
+its meta.json exists (written last, atomically). A process that finds it complete only reads; one that
+does not takes `<key>.lock` beside it, so that another process asking at the same time waits and then
+loads what the first saved. A cache that cannot be written costs a training, never the result.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -20,8 +26,10 @@ from keras import layers
 
 from training.data import CACHE_DIR, Mnist, to_unit_range
 
-# Bump when the architecture or training recipe below changes: it keys the cache.
-CLASSIFIER_VERSION = "cnn-v1"
+# The trained classifiers: $MNIST_GAN_EVALUATOR_CACHE, else the project cache's evaluator folder. The
+# pipeline's containers get the host's this way, mounted read-only (pipelines/runner.py).
+EVALUATOR_CACHE = Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "evaluator"))
+EPOCHS = 3
 FEATURE_LAYER = "features"
 MIN_TEST_ACCURACY = 0.99
 
@@ -75,39 +83,102 @@ def build_classifier() -> keras.Model:
     ], name="mnist_evaluator")
 
 
-def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = 3) -> MnistClassifier:
-    """The cached classifier for this MNIST file, trained (seeded, ~1 minute on 2 CPU cores) if absent."""
-    key = f"{CLASSIFIER_VERSION}-{mnist.sha256[:16]}"
-    directory = (cache_dir or CACHE_DIR / "evaluator") / key
-    if (directory / "meta.json").is_file():
-        return load(directory)
-    print(f"evaluator: training the MNIST classifier that judges samples ({epochs} epochs, once per MNIST "
-          "file)", flush=True)
-    model, accuracy = _train(mnist, epochs)
-    if accuracy < MIN_TEST_ACCURACY:
-        raise ClassifierError(f"the MNIST classifier reached {accuracy:.4f} test accuracy, below "
-                              f"{MIN_TEST_ACCURACY}")
-    trained = MnistClassifier(model, key, accuracy)
-    save(trained, directory)
-    print(f"evaluator: test accuracy {accuracy:.2%}, cached in {directory}", flush=True)
-    return trained
+def cache_key(data_sha256: str, epochs: int = EPOCHS, code: str | None = None) -> str:
+    """`cnn-<12 hex>-<16 hex>`: a digest of the code that decides the weights (`code`, by default
+    TRAINING_CODE) and of what else does (epochs, the feature layer's name), then the data's digest."""
+    recipe = json.dumps({"code": TRAINING_CODE if code is None else code, "epochs": epochs,
+                         "feature_layer": FEATURE_LAYER}, sort_keys=True)
+    return f"cnn-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}-{data_sha256[:16]}"
+
+
+def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = EPOCHS) -> MnistClassifier:
+    """The cached classifier for this MNIST file, trained (seeded, ~1 minute on 2 CPU cores) if absent.
+    While another process trains the same one, this one waits for it; a cache that cannot be written
+    (read-only, no permission) means training in memory."""
+    key = cache_key(mnist.sha256, epochs)
+    directory = (cache_dir or EVALUATOR_CACHE) / key
+    if _complete(directory):
+        return _accepted(load(directory))
+    lock_path = directory.with_name(f"{key}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as err:
+        print(f"evaluator: the cache {lock_path.parent} cannot be written ({err.strerror or err}), so the "
+              "classifier is trained in memory and not kept", flush=True)
+        return _trained(mnist, key, epochs)
+    try:
+        _lock(lock, lock_path)
+        if _complete(directory):  # saved by the process this one waited for
+            return _accepted(load(directory))
+        trained = _trained(mnist, key, epochs)
+        try:
+            save(trained, directory)
+        except OSError as err:
+            print(f"evaluator: the classifier could not be cached in {directory} ({err})", flush=True)
+        else:
+            print(f"evaluator: test accuracy {trained.test_accuracy:.2%}, cached in {directory}", flush=True)
+        return trained
+    finally:
+        os.close(lock)  # which releases the lock
 
 
 def save(classifier: MnistClassifier, directory: Path) -> None:
     """classifier.keras, then meta.json: a folder counts as complete once meta.json exists."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "meta.json").unlink(missing_ok=True)  # never the new weights with the old meta.json
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         classifier.model.save(Path(tmp) / "classifier.keras")
         os.replace(Path(tmp) / "classifier.keras", directory / "classifier.keras")
         meta = Path(tmp) / "meta.json"
-        meta.write_text(json.dumps({"test_accuracy": classifier.test_accuracy, "key": classifier.key}))
+        meta.write_text(json.dumps({"key": classifier.key, "test_accuracy": classifier.test_accuracy,
+                                    "fingerprint": classifier.fingerprint}))
         os.replace(meta, directory / "meta.json")
 
 
 def load(directory: Path) -> MnistClassifier:
+    """The classifier saved in `directory`; ClassifierError if its weights are not the ones meta.json
+    names (folders saved before meta.json named them are taken as they are)."""
     meta = json.loads((directory / "meta.json").read_text())
     model = keras.saving.load_model(directory / "classifier.keras", safe_mode=True)
-    return MnistClassifier(model, meta["key"], meta["test_accuracy"])
+    classifier = MnistClassifier(model, meta["key"], meta["test_accuracy"])
+    if meta.get("fingerprint", classifier.fingerprint) != classifier.fingerprint:
+        raise ClassifierError(f"{directory}: classifier.keras is not the classifier meta.json describes; "
+                              "delete the folder to train it again")
+    return classifier
+
+
+def _complete(directory: Path) -> bool:
+    """Whether `directory` holds a whole saved classifier (meta.json is written last) that this process
+    may read."""
+    try:
+        return (directory / "meta.json").is_file()
+    except PermissionError:  # another user's private cache, mounted into a container
+        return False
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Take the exclusive lock on the open lock file `path`, waiting (and saying so) while another
+    process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"evaluator: waiting for another process that is training this classifier ({path})", flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _trained(mnist: Mnist, key: str, epochs: int) -> MnistClassifier:
+    print(f"evaluator: training the MNIST classifier that judges samples ({epochs} epochs, once per MNIST "
+          "file and classifier code)", flush=True)
+    model, accuracy = _train(mnist, epochs)
+    return _accepted(MnistClassifier(model, key, accuracy))
+
+
+def _accepted(classifier: MnistClassifier) -> MnistClassifier:
+    if classifier.test_accuracy < MIN_TEST_ACCURACY:
+        raise ClassifierError(f"the MNIST classifier {classifier.key} reached {classifier.test_accuracy:.4f} "
+                              f"test accuracy, below {MIN_TEST_ACCURACY}")
+    return classifier
 
 
 def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:
@@ -120,3 +191,8 @@ def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:
     model.fit(x_train, mnist.y_train.astype("int32"), batch_size=128, epochs=epochs, verbose=0)
     _, accuracy = model.evaluate(x_test, mnist.y_test.astype("int32"), batch_size=1000, verbose=0)
     return model, float(accuracy)
+
+
+# What decides the classifier's weights: its architecture, its training and the scaling of its inputs.
+# Read once, on import: a change to any of them is a new cache key, and so a new training.
+TRAINING_CODE = "".join(inspect.getsource(function) for function in (build_classifier, _train, to_unit_range))

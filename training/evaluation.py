@@ -6,6 +6,7 @@ what a perfect generator would reach with this evaluator and this N.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -93,10 +94,14 @@ def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int,
     real_features, _ = classifier.features_and_probabilities(to_unit_range(mnist.x_test))
     picks = np.random.default_rng([seed, 1]).choice(len(mnist.x_train), n, replace=n > len(mnist.x_train))
     reference, histogram, _ = score(classifier, to_unit_range(mnist.x_train[picks]), real_features)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-    np.savez(partial, real_features=real_features, reference=json.dumps(reference), histogram=histogram)
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, real_features=real_features, reference=json.dumps(reference), histogram=histogram)
+        partial.replace(path)
+    except OSError:  # a cache that cannot be written (read-only, full) only costs the next evaluation
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return real_features, reference, histogram
 
 

@@ -31,6 +31,12 @@ def run(args: list[str], tmp_path) -> tuple[int, str, str, list[str]]:
     return done.returncode, done.stdout, "\n".join(lines), last.split()[1:]
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """A folder whose tracking database the registry commands share (MLflow creates it once, in seconds)."""
+    return tmp_path_factory.mktemp("empty-store")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     pytest.param(["register", "--training-run-id", "0" * 32, "--evaluation-run-id", "f" * 32],
                  f"Run with id={'f' * 32} not found", id="register"),
@@ -38,8 +44,8 @@ def run(args: list[str], tmp_path) -> tuple[int, str, str, list[str]]:
                  id="promote"),
     pytest.param(["rollback", "--model-name", "nope"], "nope has no 'champion' to roll back", id="rollback"),
 ])
-def test_registry_commands_on_an_empty_store(tmp_path, args, message):
-    code, _, stderr, heavy = run(args, tmp_path)
+def test_registry_commands_on_an_empty_store(empty_store, args, message):
+    code, _, stderr, heavy = run(args, empty_store)
     assert (code, stderr.splitlines()[-1:]) == (1, [f"mnist-gan {args[0]}: error: {message}"]), stderr[-2000:]
     assert heavy == []
 

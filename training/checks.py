@@ -84,8 +84,6 @@ def artifact_store() -> None:
 def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
     """Keyed by server and endpoint only: a process tracks to one experiment (MLflow sets
     MLFLOW_EXPERIMENT_ID once it has chosen it, which must not make this check run again)."""
-    import boto3
-    import botocore.exceptions
     import mlflow
 
     from training import tracking
@@ -96,6 +94,9 @@ def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
     location = urllib.parse.urlparse(experiment.artifact_location)
     if location.scheme != "s3":
         return
+    import boto3
+    import botocore.exceptions
+
     where = f"S3 artifact store {endpoint or 'AWS S3'}, bucket {location.netloc}"
     try:
         boto3.client("s3", endpoint_url=endpoint).head_bucket(Bucket=location.netloc)

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipelines.mnist_gan import ClusterSettings, build, compile_to
 
 TERMINAL_FAILURES = ("FAILED", "CANCELED", "CANCELING", "SKIPPED")
+EVALUATOR_MOUNT = "/mnt/mnist-gan-evaluator"  # where the docker runner's containers see the host's
 
 
 @functools.cache
@@ -77,7 +78,9 @@ def _show_cache_hits() -> None:
 def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], network: str,
                   checkpoints: Path | None = None):
     """kfp.local's DockerRunner for the component image; `checkpoints`, a host folder, is mounted where
-    the cluster mounts the checkpoint volume (ClusterSettings.checkpoint_pvc)."""
+    the cluster mounts the checkpoint volume (ClusterSettings.checkpoint_pvc). The host's evaluator
+    classifiers are mounted read-only, so that the train-classifier task loads the one trained here
+    (training/classifier.py) instead of training its own in the container."""
     import os
 
     import docker
@@ -85,17 +88,32 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
 
     from pipelines.mnist_gan import CHECKPOINT_MOUNT, SECRET_ENV
 
+    environment = {"HOME": "/home/app", **{k: os.environ[k] for k in SECRET_ENV if k in os.environ}}
     # The containers run as the image's user (uid 10001) and write their outputs into these mounts.
     mounts = [] if checkpoints is None else [docker.types.Mount(CHECKPOINT_MOUNT, str(checkpoints), "bind")]
     for folder in (pipeline_root, workspace, *([checkpoints] if checkpoints else [])):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o777)
+    evaluators = host_evaluator_cache()
+    if evaluators.is_dir():
+        mounts.append(docker.types.Mount(EVALUATOR_MOUNT, str(evaluators), "bind", read_only=True))
+        environment["MNIST_GAN_EVALUATOR_CACHE"] = EVALUATOR_MOUNT
     return local.DockerRunner(
         mounts=mounts,
         # The image's ENTRYPOINT is the mnist-gan CLI; Kubernetes replaces it with the task's command,
         # Docker only when told to.
-        entrypoint=["/usr/bin/env"], network_mode=network, extra_hosts=hosts,
-        environment={"HOME": "/home/app", **{k: os.environ[k] for k in SECRET_ENV if k in os.environ}})
+        entrypoint=["/usr/bin/env"], network_mode=network, extra_hosts=hosts, environment=environment)
+
+
+def host_evaluator_cache() -> Path:
+    """This machine's training.classifier.EVALUATOR_CACHE, found as it finds it (importing it would load
+    Keras). Only its folder is mounted: the rest of the cache stays the containers' own and writable
+    (downloads, the reference scores)."""
+    import os
+
+    from training.data import CACHE_DIR
+
+    return Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "evaluator")).resolve()
 
 
 def _visible_to_containers(data: str, pipeline_root: Path) -> str:

@@ -1,5 +1,6 @@
 """The evaluator classifier's cache: keyed by the code that trains it, trained once however many processes
-ask at the same time, readable when it cannot be written, never a half-written entry.
+ask at the same time, readable when it cannot be written, never a half-written entry; and the docker
+runner hands it to the pipeline's containers, read-only.
 
 Training is replaced by a fast fake (an untrained network, seeded) where a test only needs the cache's
 behaviour: the real training takes a minute.
@@ -199,3 +200,16 @@ def test_a_read_only_cache_still_yields_a_classifier_and_writes_nothing(tmp_path
     assert log.count(TRAINING) == 1 and len((tmp_path / "trainings").read_text().splitlines()) == 1
     assert fingerprints(log)[str(warm)] == saved.fingerprint
     assert after == before
+
+
+def test_the_docker_runner_mounts_the_classifiers_read_only(tmp_path, monkeypatch):
+    from pipelines import runner
+
+    assert runner.host_evaluator_cache() == classifier.EVALUATOR_CACHE.resolve()
+    cache = tmp_path / "evaluators"
+    cache.mkdir()
+    monkeypatch.setenv("MNIST_GAN_EVALUATOR_CACHE", str(cache))
+    args = runner.docker_runner(tmp_path / "root", tmp_path / "workspace", {}, "host").container_run_args
+    (mount,) = [m for m in args["mounts"] if m["Target"] == runner.EVALUATOR_MOUNT]
+    assert mount["Source"] == str(cache) and mount["ReadOnly"] and mount["Type"] == "bind"
+    assert args["environment"]["MNIST_GAN_EVALUATOR_CACHE"] == runner.EVALUATOR_MOUNT

@@ -91,7 +91,17 @@ def pipeline_user(stack):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(stack, pipeline_user, tmp_path_factory, mnist_path):
+def host_classifier(mnist_path):
+    """The evaluator classifier in this machine's cache (trained there once), which the docker runner
+    mounts read-only into the containers: the pipeline's train-classifier task loads it."""
+    from training import classifier
+    from training.data import load_mnist
+
+    return classifier.load_or_train(load_mnist(str(mnist_path)))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(stack, pipeline_user, host_classifier, tmp_path_factory, mnist_path):
     """The whole pipeline in containers, as the pipeline's MLflow user; returns (user, pipeline root)."""
     work = tmp_path_factory.mktemp("pipeline")
     user = pipeline_user
@@ -114,7 +124,7 @@ def signed_in(stack, monkeypatch, user: tuple[str, str]) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(stack.host_uri)
 
 
-def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch, mnist_path):
+def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, host_classifier, monkeypatch, mnist_path):
     _, work, result = pipeline_run
     client = signed_in(stack, monkeypatch, stack.admin)
     runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
@@ -128,6 +138,10 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, monkeypatch,
     assert champion.tags["training_run_id"] == train.info.run_id
     # the dataset artifact is the source's bytes: lineage (and the evaluator cache) match `mlflow run`
     assert train.data.params["data_sha256"] == file_sha256(mnist_path) == parent.data.tags["data_sha256"]
+    # the train-classifier task loaded the host's classifier, mounted read-only, instead of training one
+    (classifier_meta,) = (work / "root").glob("*/train-classifier/classifier/meta.json")
+    assert json.loads(classifier_meta.read_text())["fingerprint"] == host_classifier.fingerprint
+    assert "evaluator: training the MNIST classifier" not in result.stdout + result.stderr
     # the registered version is the model the training run logged, and the KFP artifacts link to MLflow
     assert champion.run_id == train.info.run_id and champion.source.startswith("models:/m-")
     (trained_output,) = (work / "root").glob("*/train-gan/executor_output.json")

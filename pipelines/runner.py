@@ -106,14 +106,11 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
 
 
 def host_evaluator_cache() -> Path:
-    """This machine's training.classifier.EVALUATOR_CACHE, found as it finds it (importing it would load
-    Keras). Only its folder is mounted: the rest of the cache stays the containers' own and writable
-    (downloads, the reference scores)."""
-    import os
+    """This machine's evaluator classifiers. Only that folder is mounted: the rest of the cache stays the
+    containers' own and writable (downloads, the reference scores)."""
+    from training import data
 
-    from training.data import CACHE_DIR
-
-    return Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "evaluator")).resolve()
+    return data.EVALUATOR_CACHE.resolve()
 
 
 def _visible_to_containers(data: str, pipeline_root: Path) -> str:

@@ -208,7 +208,7 @@ def test_the_docker_runner_mounts_the_classifiers_read_only(tmp_path, monkeypatc
     assert runner.host_evaluator_cache() == classifier.EVALUATOR_CACHE.resolve()
     cache = tmp_path / "evaluators"
     cache.mkdir()
-    monkeypatch.setenv("MNIST_GAN_EVALUATOR_CACHE", str(cache))
+    monkeypatch.setattr("training.data.EVALUATOR_CACHE", cache)
     args = runner.docker_runner(tmp_path / "root", tmp_path / "workspace", {}, "host").container_run_args
     (mount,) = [m for m in args["mounts"] if m["Target"] == runner.EVALUATOR_MOUNT]
     assert mount["Source"] == str(cache) and mount["ReadOnly"] and mount["Type"] == "bind"

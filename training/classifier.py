@@ -24,11 +24,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from training.data import CACHE_DIR, Mnist, to_unit_range
+from training.data import EVALUATOR_CACHE, Mnist, to_unit_range
 
-# The trained classifiers: $MNIST_GAN_EVALUATOR_CACHE, else the project cache's evaluator folder. The
-# pipeline's containers get the host's this way, mounted read-only (pipelines/runner.py).
-EVALUATOR_CACHE = Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "evaluator"))
 EPOCHS = 3
 FEATURE_LAYER = "features"
 MIN_TEST_ACCURACY = 0.99

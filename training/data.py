@@ -26,6 +26,9 @@ from training.config import DEFAULT_DATA_URL
 KNOWN_SHA256 = {DEFAULT_DATA_URL: "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"}
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 CACHE_DIR = Path(os.environ.get("MNIST_GAN_CACHE", Path.home() / ".cache" / "mnist-gan"))
+# The trained evaluator classifiers (training/classifier.py): $MNIST_GAN_EVALUATOR_CACHE, else the cache's
+# evaluator folder. The pipeline's containers see the host's there, mounted read-only (pipelines/runner.py).
+EVALUATOR_CACHE = Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "evaluator"))
 
 
 class DataError(ValueError):

@@ -220,7 +220,10 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     while not list(own.glob("*/ckpt-*.json")) and time.monotonic() < deadline:  # the first epoch's
         time.sleep(0.2)
     (run_dir,) = own.iterdir()
-    time.sleep(0.5)  # into the second epoch
+    first_epoch = TINY["train_images"] // TINY["batch_size"]
+    while (not [m for m in client.get_metric_history(run_dir.name, "d_loss") if m.step > first_epoch]
+           and time.monotonic() < deadline):  # into the second epoch: steps logged past the checkpoint
+        time.sleep(0.2)
     (training,) = engine("ps", "-q", "--filter", f"ancestor={IMAGE}").stdout.split()
     engine("kill", training)
     attempt.join(timeout=120)

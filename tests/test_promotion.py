@@ -3,8 +3,6 @@ acts on a real registry: gate, dry run, rollback, a stricter rule, racing promot
 
 from __future__ import annotations
 
-import time
-
 from tests.lab import champion, cli_process, evaluation_run, version_tags
 from training.config import JobConfig
 from training.promotion import PromotionRule
@@ -108,8 +106,12 @@ def test_a_promotion_waits_for_the_lock_another_holds(lab):
             "--evaluation-run-id", lab.trained_eval)
     with promotion.promotion_lock(lab.client, name):
         waiting = cli_process(lab, "promote", "--name", name)
-        time.sleep(12)
+        said = []  # until the promotion says it found the lock taken (or ends)
+        while not said or not said[-1].startswith(f"promote: waiting for {name}.promotion-lock"):
+            said.append(waiting.stderr.readline())
+            assert said[-1], "".join(said)
         assert waiting.poll() is None, "promoted while another promotion held the lock"
+        assert not lab.client.get_registered_model(name).aliases, "champion moved under the lock"
     _, err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, err[-3000:]
     assert champion(lab, name) == "1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ def promotion_lock(client, name: str, timeout_s: float = 600):
     lock, holder = lock_name(name), uuid.uuid4().hex
     description = (f"Not a model: held while a version of {name} is being promoted or rolled back, "
                    "and deleted right after.")
-    deadline = time.monotonic() + timeout_s
+    deadline, waiting = time.monotonic() + timeout_s, False
     while True:
         try:
             client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
@@ -162,6 +163,10 @@ def promotion_lock(client, name: str, timeout_s: float = 600):
             continue
         if time.monotonic() > deadline:
             raise RegistryError(f"{lock} is held by another promotion for over {timeout_s:.0f} s")
+        if not waiting:
+            print(f"promote: waiting for {lock}: another promotion or rollback of {name} holds it",
+                  file=sys.stderr, flush=True)
+            waiting = True
         time.sleep(random.uniform(0.2, 0.5))  # jitter, so that waiting racers spread out
     try:
         yield

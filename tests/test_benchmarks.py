@@ -25,6 +25,7 @@ def _weights(model):
     return [w.copy() for w in model.get_weights()]
 
 
+@pytest.mark.slow
 def test_the_seed_loop_freezes_d_during_g_steps_and_trains_both(digits):
     from benchmarks.seed_loop import SeedGan
 
@@ -39,6 +40,7 @@ def test_the_seed_loop_freezes_d_during_g_steps_and_trains_both(digits):
     assert np.isfinite(d_loss).all() and np.isfinite(g_loss).all()
 
 
+@pytest.mark.slow
 def test_the_throughput_harness_times_both_sides(digits):
     from benchmarks.throughput import compare
     from training.config import TrainConfig
@@ -50,6 +52,7 @@ def test_the_throughput_harness_times_both_sides(digits):
                                                        rel=0.05)
 
 
+@pytest.mark.slow
 def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
     from benchmarks import report
     from benchmarks.quality_per_minute import ProjectRecipe, train_to_marks
@@ -104,6 +107,7 @@ def test_the_report_rewrites_only_its_own_section(tmp_path):
             and "| 5.0 |" not in text)
 
 
+@pytest.mark.slow
 def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
     env = {**os.environ, "OUT": str(tmp_path), "DATA_CPU": str(mnist_path), "TMPDIR": str(tmp_path)}
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env,

@@ -20,3 +20,29 @@ def test_progress_lines_in_a_pipe_give_the_eta_at_the_recent_pace(monkeypatch):
         "epoch 3/5  step 10/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:15:00",
         "epoch 3/5  step 20/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:01:20",
         "epoch 3/5  step 30/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:00:07"]
+
+
+def test_native_start_up_notices_are_hidden_and_every_other_line_passes_in_order(tmp_path):
+    """What TensorFlow's C++ side prints through absl at start-up (on a CPU with AVX-512: "oneDNN custom
+    operations are on"), whatever TF_CPP_MIN_LOG_LEVEL says; written to file descriptor 2 as it does."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = r"""
+import os, sys
+from training import console
+with console.native_notices_hidden():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    os.write(2, b"I0000 00:00:1796185641.349 13507 port.cc:153] oneDNN custom operations are on.\n")
+    print("ours: first", file=sys.stderr, flush=True)
+    os.write(2, b"E0000 00:00:1796185641.350 13507 cuda_dnn.cc:8579] a native error stays\n")
+    print("ours: last, without a newline", file=sys.stderr, end="")
+print(" then after", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stderr.splitlines() == [
+        "ours: first", "E0000 00:00:1796185641.350 13507 cuda_dnn.cc:8579] a native error stays",
+        "ours: last, without a newline then after"]

@@ -101,6 +101,7 @@ def test_pickled_object_arrays_are_refused_unopened(tmp_path, arrays):
         load_mnist(str(path))
 
 
+@pytest.mark.slow
 def test_s3_source_downloads_through_boto3(tmp_path, mnist_path, monkeypatch, real_sha256):
     with s3_server(tmp_path / "s3") as env:
         for key, value in env.items():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 from training import cli
@@ -48,6 +49,7 @@ def _on_virtual_devices(mode: str, out, mnist_path, tmp_path) -> None:
                    cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_four_devices_take_the_one_device_step(tmp_path, mnist_path):
     out = tmp_path / "steps.npz"
     _on_virtual_devices("step", out, mnist_path, tmp_path)
@@ -68,6 +70,7 @@ def test_four_devices_take_the_one_device_step(tmp_path, mnist_path):
         assert not _same_update(saved, "other_batch"), "another batch passed for the same step"
 
 
+@pytest.mark.slow
 def test_a_run_on_two_devices_resumes_on_one(tmp_path, mnist_path):
     out = tmp_path / "resume.json"
     _on_virtual_devices("resume", out, mnist_path, tmp_path)
@@ -101,6 +104,7 @@ def test_more_devices_than_jax_sees_are_refused(tmp_path, mnist_path):
     assert "Epoch" not in done.stdout
 
 
+@pytest.mark.slow
 def test_mnist_gan_train_uses_all_four_devices_it_is_given(tmp_path, mnist_path):
     """What a pipeline's training task with --gpu-count 4 runs (KERAS_BACKEND=jax, devices=4), on 4
     virtual CPU devices: a tracked run whose params name the 4 devices."""

@@ -51,6 +51,7 @@ def test_a_training_step_moves_the_average_towards_the_new_weights():
                            keras.ops.convert_to_numpy(averaged[0][0]))
 
 
+@pytest.mark.slow
 def test_ema_decay_zero_trains_exactly_as_without_an_average(tmp_path, mnist_path):
     with np.load(mnist_path) as npz:
         images = to_unit_range(npz["x_train"][:128])

@@ -28,6 +28,7 @@ def test_dockerfiles_pass_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_local_stack_starts_prints_its_env_and_stops_cleanly(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "infra.local_stack", "--dir", str(tmp_path)],
                                cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True)
@@ -56,6 +57,7 @@ def test_local_stack_starts_prints_its_env_and_stops_cleanly(tmp_path):
         urllib.request.urlopen(f"{uri}/health", timeout=3)
 
 
+@pytest.mark.slow
 def test_the_server_entry_point_upgrades_a_database_schema_and_refuses_other_arguments(tmp_path):
     import sqlite3
 
@@ -79,6 +81,7 @@ def test_the_server_entry_point_upgrades_a_database_schema_and_refuses_other_arg
     assert unknown.returncode == 2 and "unknown arguments serve-please" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_path):
     """The race free_port() leaves open: another process binds the picked port before the server does."""
     import contextlib

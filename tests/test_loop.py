@@ -18,6 +18,9 @@ from training.data import to_unit_range
 from training.loop import BEST, NonFiniteLoss, train
 from training.sampling import generator_path
 
+# every test here trains
+pytestmark = pytest.mark.slow
+
 
 def _final_arrays(directory):
     directory = checkpoint.latest_run_dir(directory)

@@ -205,6 +205,7 @@ cacheable_part(data=sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_the_same_data_reuses_the_dataset_and_the_evaluator_from_the_cache(tmp_path, mnist_path):
     """The pipeline's cacheable tasks, run twice on the same root: the second run executes neither."""
     import subprocess

@@ -3,6 +3,8 @@ acts on a real registry: gate, dry run, rollback, a stricter rule, racing promot
 
 from __future__ import annotations
 
+import pytest
+
 from tests.lab import champion, cli_process, evaluation_run, version_tags
 from training.config import JobConfig
 from training.promotion import PromotionRule
@@ -39,6 +41,8 @@ def test_evaluations_on_different_sample_counts_are_not_compared():
     assert not promote and "not comparable" in reason
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("lab")
 def test_promotion_refuses_a_worse_challenger_accepts_a_better_one_and_rolls_back(lab):
     name = "gate-test"
     register = ("register", "--name", name, "--training-run-id")
@@ -69,6 +73,8 @@ def test_promotion_refuses_a_worse_challenger_accepts_a_better_one_and_rolls_bac
     assert "nothing to roll back to" in failed.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("lab")
 def test_a_stricter_rule_refuses_what_the_default_accepts(lab):
     name = "strict-test"
     for run, evaluation in ((lab.collapsed_run, lab.collapsed_eval), (lab.trained_run, lab.trained_eval)):
@@ -78,6 +84,8 @@ def test_a_stricter_rule_refuses_what_the_default_accepts(lab):
     assert "needs > 100000" in version_tags(lab, name, "2")["promotion.reason"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("lab")
 def test_racing_promotions_end_with_the_champion_the_rule_picks(lab):
     name = "race-test"
     for fid in (100.0, 50.0, 40.0):  # versions 1, 2 and 3
@@ -98,6 +106,8 @@ def test_racing_promotions_end_with_the_champion_the_rule_picks(lab):
     assert name + ".promotion-lock" not in [m.name for m in lab.client.search_registered_models()]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("lab")
 def test_a_promotion_waits_for_the_lock_another_holds(lab):
     from training import promotion
 

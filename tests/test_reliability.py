@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 
 from infra.local_stack import free_port, mlflow_server, s3_server
 from tests.conftest import TINY, cli_env, run_cli
@@ -19,6 +20,10 @@ from training import checkpoint
 # 4,096 images in batches of 64: 64 steps per epoch, metrics every 2 steps
 LONG = [*TINY, "--train-images", "4096", "--epochs", "3"]
 STEPS = 3 * 64
+
+
+# every test here trains, most against a real server
+pytestmark = pytest.mark.slow
 
 
 def _train_args(mnist_path: Path, checkpoint_dir: Path, *extra: str) -> list[str]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
 
 
 def test_sample_writes_uint8_digits_and_a_grid_and_never_overwrites(lab):

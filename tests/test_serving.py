@@ -8,10 +8,14 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from infra.local_stack import background, free_port, on_free_ports, wait_until
 from tests.conftest import cli_env
 from tests.lab import post
+
+# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
 
 
 def test_mlflow_models_serve_answers_with_images_and_4xx_for_bad_requests(lab):

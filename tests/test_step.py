@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 
@@ -17,6 +18,7 @@ def _one_step(backend: str, *args: str, tmp_path) -> None:
                    env=cli_env(tmp_path, backend=backend), timeout=300, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_tensorflow_and_jax_take_the_same_step(tmp_path):
     start, after_tf, after_jax = (tmp_path / n for n in ("start.npz", "tf.npz", "jax.npz"))
     _one_step("tensorflow", "init", str(start), tmp_path=tmp_path)
@@ -36,6 +38,7 @@ def test_tensorflow_and_jax_take_the_same_step(tmp_path):
         assert moved > len(leaves) // 2, "the step changed almost nothing: nothing was compared"
 
 
+@pytest.mark.slow
 def test_tensorflow_step_compiles_with_xla(tmp_path, mnist_path):
     """XLA is what a GPU uses by default; here it is forced on the CPU so that the path stays tested."""
     result = run_cli(["train", "--data", str(mnist_path), *TINY, "--max-steps", "2", "--epochs", "1"],

@@ -214,6 +214,8 @@ def _check_ranked_and_promoted(tracking_uri: str, tmp_path: Path, parent_name: s
     assert str(champion.version) == "1" and champion.run_id == winner["training_run_id"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_mlflow_run_sweep_ranks_registers_and_promotes_the_best_despite_a_failing_trial(tmp_path,
                                                                                         mnist_less_one):
     params = {**BASE, "spec": SPEC, "data": str(mnist_less_one), "workers": 2,
@@ -228,6 +230,8 @@ def test_mlflow_run_sweep_ranks_registers_and_promotes_the_best_despite_a_failin
     _check_ranked_and_promoted(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_a_sweep_whose_trials_all_fail_exits_1_and_promotes_nothing(tmp_path, mnist_less_one):
     result = run_cli(["sweep", "-s", "train_images=60000", "-s", "seed=0,1", "--data", str(mnist_less_one),
                       "--preset", "tiny", "--samples", "100"], tmp_path, timeout=600)
@@ -239,6 +243,8 @@ def test_a_sweep_whose_trials_all_fail_exits_1_and_promotes_nothing(tmp_path, mn
     assert client.search_registered_models() == []
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_the_sweep_pipeline_runs_under_kfp_local(tmp_path, mnist_less_one):
     params = {**BASE, "data": str(mnist_less_one)}
     flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]

@@ -405,16 +405,16 @@ def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
 def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
-    console.configure(console.verbose_requested(args.verbose))
     command = table[args.command]
-    try:
-        run = command.prepare(args)
-        if command.tracked:
-            checks.tracking_server()
-    except (ConfigError, ValueError) as err:
-        print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    return _run(args.command, run, command.report)
+    with console.quiet(console.verbose_requested(args.verbose)):
+        try:
+            run = command.prepare(args)
+            if command.tracked:
+                checks.tracking_server()
+        except (ConfigError, ValueError) as err:
+            print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return _run(args.command, run, command.report)
 
 
 def _run(name: str, run, report) -> int:

@@ -5,13 +5,56 @@ import)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import threading
 
 LEVEL_VARIABLE = "MNIST_GAN_LOG_LEVEL"
 
 
 def verbose_requested(flag: bool = False) -> bool:
     return flag or os.environ.get(LEVEL_VARIABLE, "").lower() == "debug"
+
+
+# What C++ libraries print through absl before it is set up, whatever TF_CPP_MIN_LOG_LEVEL says (TensorFlow
+# 2.21: "oneDNN custom operations are on" on CPUs with AVX-512): the banner and INFO lines.
+NATIVE_NOTICE = re.compile(rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written"
+                           rb"|I\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] ")
+
+
+@contextlib.contextmanager
+def native_notices_hidden():
+    """The process's file descriptor 2 through a filter that drops NATIVE_NOTICE lines and passes every
+    other line on, in order (Python's own stderr included); restored, and everything passed on, at exit."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(terminal), "wb", buffering=0) as out:
+            for line in lines:
+                if not NATIVE_NOTICE.match(line):
+                    out.write(line)
+
+    forwarder = threading.Thread(target=forward, name="native-notices", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes this process's write end: the forwarder reads to the end and stops
+        os.close(terminal)
+        forwarder.join(timeout=10)
+
+
+def quiet(verbose: bool):
+    """What a command runs in: third-party notices hidden, unless verbose."""
+    configure(verbose)
+    return contextlib.nullcontext() if verbose else native_notices_hidden()
 
 
 def configure(verbose: bool) -> None:

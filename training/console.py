@@ -34,8 +34,10 @@ def native_notices_hidden():
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    passed_on = os.dup(terminal)  # the forwarder's own: `terminal` is restored and closed at exit
+
     def forward() -> None:
-        with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(terminal), "wb", buffering=0) as out:
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(passed_on, "wb", buffering=0) as out:
             for line in lines:
                 if not NATIVE_NOTICE.match(line):
                     out.write(line)

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import keras
 import mlflow
+import pytest
 
 from tests.conftest import cli_env, run_cli
 from training import registry
 from training.data import load_mnist
 
+# The marks of a test that uses the lab: one worker builds it and runs them all.
+USES_LAB = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
 SAMPLES = "2000"
 # A third of the training set: it keeps the trained generator's margins over the collapsed one (10 classes,
 # recall well above the collapsed one's; docs/BENCHMARKS.md) in half the time of all 60,000.
@@ -35,6 +38,12 @@ class Lab:
         result = run_cli(list(args), self.directory, MLFLOW_TRACKING_URI=self.uri)
         assert result.returncode == expect, result.stderr[-3000:]
         return result
+
+    def champion_of_the_trained_generator(self, name: str) -> None:
+        """Register the trained generator under `name` and promote it, as a user would."""
+        self.cli("register", "--name", name, "--training-run-id", self.trained_run,
+                 "--evaluation-run-id", self.trained_eval)
+        self.cli("promote", "--name", name)
 
     def run_id(self, output: str, step: str) -> str:
         line = next(line for line in output.splitlines() if line.startswith(f"{step}: run "))

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
+from tests.lab import USES_LAB
 from training.metrics import HEADLINE, LOWER_IS_BETTER
 
-# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
+pytestmark = USES_LAB
 
 
 def test_a_collapsed_generator_scores_worse_than_a_trained_one(lab):

@@ -9,14 +9,12 @@ import urllib.parse
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from infra.local_stack import free_port
 from tests.conftest import cli_env
-from tests.lab import champion, copy_of_the_trained_generator, version_tags
+from tests.lab import USES_LAB, champion, copy_of_the_trained_generator, version_tags
 
-# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
+pytestmark = USES_LAB
 
 
 def test_promotion_into_another_registry(lab, tmp_path):

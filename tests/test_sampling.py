@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
+from tests.lab import USES_LAB
+
+pytestmark = USES_LAB
 
 
 def test_sample_writes_uint8_digits_and_a_grid_and_never_overwrites(lab):
     name = "sample-test"
-    lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
-            "--evaluation-run-id", lab.trained_eval)
-    lab.cli("promote", "--name", name)
+    lab.champion_of_the_trained_generator(name)
     out = lab.directory / "samples.npz"
     lab.cli("sample", "--model-uri", f"models:/{name}@champion", "-n", "300", "--out", str(out))
     with np.load(out, allow_pickle=False) as npz:

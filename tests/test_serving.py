@@ -8,21 +8,17 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from infra.local_stack import background, free_port, on_free_ports, wait_until
 from tests.conftest import cli_env
-from tests.lab import post
+from tests.lab import USES_LAB, post
 
-# one worker builds the shared `lab` fixture (tests/lab.py) and runs every test that uses it
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
+pytestmark = USES_LAB
 
 
 def test_mlflow_models_serve_answers_with_images_and_4xx_for_bad_requests(lab):
     name = "serve-test"
-    lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
-            "--evaluation-run-id", lab.trained_eval)
-    lab.cli("promote", "--name", name)
+    lab.champion_of_the_trained_generator(name)
     env = cli_env(lab.directory, MLFLOW_TRACKING_URI=lab.uri)
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     log = lab.directory / "serve.log"

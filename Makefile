@@ -34,8 +34,10 @@ run: install
 	PATH="$(BIN):$$PATH" $(QUIET_MLFLOW) $(BIN)/mlflow run . --env-manager local $(PARAMS)
 
 # Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest
-# on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup).
-TEST_WORKERS ?= 2
+# on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup). One more worker than
+# the 2 cores CI has: each worker spends much of its time waiting on a server, a container or a process's
+# start-up.
+TEST_WORKERS ?= 3
 PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: install
 	. infra/containers/engine.sh && $(MAKE) --no-print-directory images && \

@@ -56,7 +56,8 @@ CONF
   local socket="$state/podman.sock"
   if ! curl -sf --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; then
     rm -f "$socket"
-    podman system service --time=0 "unix://$socket" >"$state/service.log" 2>&1 &
+    # from /: a service left running in a checkout that is later deleted cannot start containers
+    (cd / && exec podman system service --time=0 "unix://$socket") >"$state/service.log" 2>&1 &
     for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
   fi
   export DOCKER_HOST="unix://$socket"

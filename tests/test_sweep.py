@@ -129,8 +129,10 @@ def test_no_winner_when_every_trial_failed():
 
 
 @pytest.fixture
-def own_tracking_store(tmp_path):
-    """This test's sqlite store as the process's tracking URI, the previous one restored after."""
+def own_tracking_store(tmp_path, monkeypatch):
+    """This test's sqlite store as the process's tracking URI, the previous one restored after; run from
+    tmp_path, where the store's default artifact root (./mlruns) then lies, not the checkout."""
+    monkeypatch.chdir(tmp_path)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield

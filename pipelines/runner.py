@@ -87,6 +87,7 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
     from kfp import local
 
     from pipelines.mnist_gan import CHECKPOINT_MOUNT, SECRET_ENV
+    from training import data
 
     environment = {"HOME": "/home/app", **{k: os.environ[k] for k in SECRET_ENV if k in os.environ}}
     # The containers run as the image's user (uid 10001) and write their outputs into these mounts.
@@ -94,7 +95,7 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
     for folder in (pipeline_root, workspace, *([checkpoints] if checkpoints else [])):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o777)
-    evaluators = host_evaluator_cache()
+    evaluators = data.EVALUATOR_CACHE.resolve()  # only this folder: the rest of the cache stays theirs
     if evaluators.is_dir():
         mounts.append(docker.types.Mount(EVALUATOR_MOUNT, str(evaluators), "bind", read_only=True))
         environment["MNIST_GAN_EVALUATOR_CACHE"] = EVALUATOR_MOUNT
@@ -103,14 +104,6 @@ def docker_runner(pipeline_root: Path, workspace: Path, hosts: dict[str, str], n
         # The image's ENTRYPOINT is the mnist-gan CLI; Kubernetes replaces it with the task's command,
         # Docker only when told to.
         entrypoint=["/usr/bin/env"], network_mode=network, extra_hosts=hosts, environment=environment)
-
-
-def host_evaluator_cache() -> Path:
-    """This machine's evaluator classifiers. Only that folder is mounted: the rest of the cache stays the
-    containers' own and writable (downloads, the reference scores)."""
-    from training import data
-
-    return data.EVALUATOR_CACHE.resolve()
 
 
 def _visible_to_containers(data: str, pipeline_root: Path) -> str:

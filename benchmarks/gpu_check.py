@@ -27,9 +27,13 @@ AGAINST_SEED_LOOP = [(128, "float32", "float32"), (128, "mixed_bfloat16", "float
                      (512, "mixed_bfloat16", "float32")]
 
 
+DRY_RUN_BATCH = 32
+
+
 def _dry_run_subset(configs: list, cpu: bool) -> list:
-    """On the CPU dry run, the first and the last configuration: every code path, a fraction of the time."""
-    return [configs[0], configs[-1]] if cpu else configs
+    """On the CPU dry run, the first and the last configuration at batch DRY_RUN_BATCH: every code path
+    (precisions, loop, devices), a fraction of the compute."""
+    return [(DRY_RUN_BATCH, *config[1:]) for config in (configs[0], configs[-1])] if cpu else configs
 
 
 def measure_step(config, images: np.ndarray, steps: int) -> dict:
@@ -110,7 +114,7 @@ def main() -> int:
     images = data.to_unit_range(mnist.x_train)
     preset, steps = ("tiny", 3) if args.cpu else ("seed", 30)
     if args.cpu:
-        images = images[:2048]
+        images = images[:1024]
 
     report["throughput"] = []
     for batch, precision in _dry_run_subset(STEP_CONFIGS, args.cpu):
@@ -134,7 +138,7 @@ def main() -> int:
     # Data parallel (--devices): the same global batch split across 1, 2, 4 ... of the devices JAX sees.
     from benchmarks import data_parallel
 
-    batch = 128 if args.cpu else 512
+    batch = DRY_RUN_BATCH if args.cpu else 512
     counts = data_parallel.usable_counts(len(jax.devices()), batch)
     rounds, steps_per_round = (2, 2) if args.cpu else (5, 10)
     report["data_parallel"] = data_parallel.compare(TrainConfig(preset=preset, batch_size=batch), images,
@@ -142,8 +146,9 @@ def main() -> int:
     for row in report["data_parallel"]:
         print(json.dumps(row), flush=True)
 
-    # A real run through the training loop: preset seed, batch 128, precision auto (bf16 on a GPU).
-    config = TrainConfig(preset=preset, batch_size=128, epochs=1 if args.cpu else args.epochs,
+    # A real run through the training loop: preset seed, batch 128 (DRY_RUN_BATCH on the CPU), precision auto.
+    config = TrainConfig(preset=preset, batch_size=DRY_RUN_BATCH if args.cpu else 128,
+                         epochs=1 if args.cpu else args.epochs,
                          max_steps=4 if args.cpu else 0, log_every=50,
                          checkpoint_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check_run"))
     started = time.perf_counter()

@@ -12,7 +12,7 @@ DATA="${DATA:-.gpu/mnist.npz}"
 if [[ "${1:-}" == "--cpu" ]]; then
   PYTHON=.venv/bin/python
   DATA="${DATA_CPU:-${MNIST_GAN_TEST_DATA:?set MNIST_GAN_TEST_DATA (or DATA_CPU) to a local mnist.npz}}"
-  export JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
+  export JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 else
   PYTHON=python3
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -14,20 +14,21 @@ import time
 
 from training import classifier as mnist_classifier
 from training import evaluation
+from training.config import PRESETS
 from training.data import load_mnist, to_unit_range
-from training.models import PRESET_WIDTHS, build_generator
+from training.models import build_models
 from training.sampling import generate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
-    parser.add_argument("--preset", default="seed", choices=sorted(PRESET_WIDTHS))
+    parser.add_argument("--preset", default="seed", choices=PRESETS)
     parser.add_argument("--samples", type=int, default=10_000)
     args = parser.parse_args()
     mnist = load_mnist(args.data)
     classifier = mnist_classifier.load_or_train(mnist)
-    generator = build_generator(PRESET_WIDTHS[args.preset], 100)
+    generator, _ = build_models(args.preset, 100)
     generate(generator, 10)  # build and warm up outside the timing
 
     started = time.perf_counter()

@@ -31,10 +31,11 @@ def step_flops(generator, discriminator, batch: int, n_iter_d: int = 1, n_iter_g
 
 
 if __name__ == "__main__":
-    from training.models import PRESET_WIDTHS, build_discriminator, build_generator
+    from training.config import PRESETS
+    from training.models import build_models
 
-    for preset, widths in PRESET_WIDTHS.items():
-        g, d = build_generator(widths, 100), build_discriminator(widths)
+    for preset in PRESETS:
+        g, d = build_models(preset, 100)
         print(f"{preset}: G {forward_flops_per_image(g) / 1e6:.1f} MFLOP/image, "
               f"D {forward_flops_per_image(d) / 1e6:.1f} MFLOP/image, step at batch 128: "
               f"{step_flops(g, d, 128) / 1e9:.1f} GFLOP ({math.ceil(60000 / 128)} steps/epoch)")

@@ -138,7 +138,9 @@ def main() -> None:
     config = TrainConfig(preset=args.preset, precision=precision)
     results = {"reference": {k: round(v, 4) for k, v in reference.items()}, "samples": args.samples,
                "project_recipe": {"preset": config.preset, "batch_size": config.batch_size,
-                                  "precision": config.precision, "backend": backend.name(),
+                                  "learning_rate": config.learning_rate, "n_iter_d": config.n_iter_d,
+                                  "n_iter_g": config.n_iter_g, "precision": config.precision,
+                                  "backend": backend.name(),
                                   "ema_decay": config.ema_decay, "eval_every": config.eval_every,
                                   "eval_samples": config.eval_samples}}
     for name in args.recipes.split(","):

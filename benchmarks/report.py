@@ -57,6 +57,52 @@ QUALITY_COLUMNS = ("fid", "classifier_score", "classes_covered", "recall", "prec
 
 
 GOAL_FID, GOAL_CLASSIFIER_SCORE, GOAL_CURVE_SHARE = 10.0, 9.0, 0.05  # at the last mark, averaged G
+# The CPU preset against the others: its FID by the last mark, its FID ratio to the tutorial's at every
+# mark, and the mark from which it covers all 10 classes
+CPU_GOAL_FID, CPU_GOAL_RATIO, CPU_GOAL_CLASSES_FROM = 30.0, 3.0, 5.0
+
+
+def presets(results: dict) -> str:
+    """Each preset's exported generator (its step's average) and the tutorial's, mark by mark."""
+    def rows_of(name: str) -> list[dict]:
+        run = results[name]
+        if name == "tutorial":
+            return run["tutorial"]
+        return run["project"][f"ema_{run['project_recipe']['ema_decay']:g}"]
+
+    def label(name: str) -> str:
+        if name == "tutorial":
+            return "TF DCGAN tutorial (batch 256, Adam 1e-4, 1 D : 1 G)"
+        r = results[name]["project_recipe"]
+        return (f"`{name}` (batch {r['batch_size']}, Adam {r['learning_rate']:g}, {r['n_iter_d']} D : "
+                f"{r['n_iter_g']} G, {r['precision']}, EMA {r['ema_decay']:g})")
+
+    names = [name for name in results if name in ("cpu", "small", "tiny", "tutorial")]
+    rows = [[mark["minutes"], label(name), f"{row['steps']:,}", row["epochs"], f"**{row['fid']:.1f}**",
+             row["classifier_score"], row["classes_covered"], row["recall"], row["precision"]]
+            for i, mark in enumerate(rows_of(names[0])) for name in names
+            for row in [rows_of(name)[i]]]
+    any_run = results[names[0]]
+    rows.append(["-", f"real training images (reference, N = {any_run['samples']:,})", "-", "-",
+                 *(any_run["reference"][c] for c in ("fid", "classifier_score", "classes_covered", "recall",
+                                                     "precision"))])
+    table = _table(["minutes", "recipe (the generator it exports)", "steps", "epochs", "FID (lower better)",
+                    "classifier score", "classes covered", "recall", "precision"], rows)
+    if "cpu" not in results or "tutorial" not in results:
+        return table
+    cpu, tutorial = rows_of("cpu"), rows_of("tutorial")
+    last = cpu[-1]
+    ratios = [theirs["fid"] / mine["fid"] for mine, theirs in zip(cpu, tutorial)]
+    covered = [row for row in cpu if row["minutes"] >= CPU_GOAL_CLASSES_FROM]
+    goals = [
+        (f"- `cpu` by {last['minutes']:g} min: FID <= {CPU_GOAL_FID:g}, measured {last['fid']:.1f}: "
+         f"{_verdict(last['fid'] <= CPU_GOAL_FID)}"),
+        f"- `cpu` against the tutorial, FID at least {CPU_GOAL_RATIO:g}x lower at every mark: "
+        + ", ".join(f"{r:.1f}x" for r in ratios) + f": {_verdict(min(ratios) >= CPU_GOAL_RATIO)}",
+        f"- `cpu` covers all 10 classes from {CPU_GOAL_CLASSES_FROM:g} min: "
+        + ", ".join(f"{row['classes_covered']:.0f} at {row['minutes']:g} min" for row in covered)
+        + f": {_verdict(all(row['classes_covered'] == 10 for row in covered))}"]
+    return table + "\n\nGoals:\n" + "\n".join(goals)
 
 
 def ema_decay(results: dict) -> str:
@@ -188,6 +234,12 @@ def render(results: dict) -> str:
                   "it: every trial in its own process (TensorFlow start-up included), then ranking, "
                   "registration and promotion, against a fresh sqlite store. Two workers share the same 2 "
                   "cores.")),
+                ("presets", "### The presets per minute of training: which one the quickstart uses", presets,
+                 ("Each preset trains from scratch with its own recipe (`training/config.py`, "
+                  "`PRESET_RECIPES`), one after the other and alone on the 2 cores, in float32; at each mark "
+                  "of wall-clock training time (compilation included, evaluation excluded) the generator "
+                  "the run would export (its step's moving average) is scored on 10,000 samples by the "
+                  "project's evaluator, against the 10,000 test images.")),
                 ("quality", "### Sample quality per minute of training", quality,
                  ("Wall-clock training time (compilation included, evaluation excluded), each recipe alone "
                   "on the 2 cores; the project's evaluator scores 10,000 samples against the 10,000 test "

@@ -5,7 +5,7 @@ so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json;
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
     python -m benchmarks.run_all --data ~/data/mnist.npz \
-        [--only throughput,data_parallel,sweep,quality,ema_decay,jobs,serving]
+        [--only throughput,data_parallel,sweep,presets,quality,ema_decay,jobs,serving]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("throughput", "data_parallel", "sweep", "quality", "ema_decay", "jobs", "serving")
+PARTS = ("throughput", "data_parallel", "sweep", "presets", "quality", "ema_decay", "jobs", "serving")
+# Quality per minute of each preset with its own recipe, and of the TF DCGAN tutorial's recipe
+PRESETS_COMPARED = ("cpu", "small", "tiny", "tutorial")
 # The average's decay compared where a run takes thousands of steps in minutes: preset tiny
 EMA_DECAY_RUN = ["--preset", "tiny", "--recipes", "project", "--other-decays", "0.99,0.995,0.9999"]
 # (backend, preset, rounds, steps per round): enough steps per round that a round lasts seconds
@@ -112,6 +114,11 @@ def main() -> None:
     if "sweep" in parts:
         timed("sweep", lambda: run_json("benchmarks.sweep_throughput", ["--data", data, "--trials", "4",
                                                                         "--workers", "1,2"]))
+    if "presets" in parts:
+        timed("presets", lambda: {name: run_json("benchmarks.quality_per_minute", [
+            "--data", data, "--marks", args.marks, "--other-decays", "",
+            *(["--recipes", "tutorial"] if name == "tutorial" else ["--recipes", "project", "--preset", name])
+        ])[-1]["quality_per_minute"] for name in PRESETS_COMPARED})
     if "quality" in parts:
         timed("quality", lambda: results.get("quality", {}) | run_json(
             "benchmarks.quality_per_minute", ["--data", data, "--marks", args.marks,

@@ -31,11 +31,11 @@ def open_mlflow_run(data: str, dataset: Input[Dataset], kfp_run: str) -> str:
 @dsl.component(base_image=GPU_IMAGE)
 def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str, generator: Output[Model],
               metrics: Output[Metrics], classifier: Input[Model] = None, preset: str = "seed",
-              train_images: int = 0, epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
-              beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
+              train_images: int = 0, epochs: int = 200, batch_size: int = 0, learning_rate: float = 0.0,
+              beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 0,
               real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999, eval_every: int = 5,
               eval_samples: int = 2000, select: str = "auto", seed: int = 0, max_steps: int = 0,
-              precision: str = "auto", devices: int = 1, log_every: int = 50,
+              max_minutes: float = 0.0, precision: str = "auto", devices: int = 1, log_every: int = 50,
               checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
     """Train the GAN on the dataset, checkpointing under checkpoint_root (storage that outlives the pod),
     the classifier scoring its FID curve (without one, the image's cache trains its own); `generator` is
@@ -59,11 +59,12 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str,
 def train_and_evaluate_trial(
         dataset: Input[Dataset], classifier: Input[Model], kfp_run: str, checkpoint_root: str,
         trial: str, samples: int, preset: str = "seed", train_images: int = 0, epochs: int = 200,
-        batch_size: int = 128, learning_rate: float = 0.0002, beta_1: float = 0.5, z_dim: int = 100,
-        n_iter_d: int = 1, n_iter_g: int = 5, real_label: float = 0.9, fake_label: float = 0.0,
+        batch_size: int = 0, learning_rate: float = 0.0, beta_1: float = 0.5, z_dim: int = 100,
+        n_iter_d: int = 1, n_iter_g: int = 0, real_label: float = 0.9, fake_label: float = 0.0,
         ema_decay: float = 0.999, eval_every: int = 5, eval_samples: int = 2000, select: str = "auto",
-        seed: int = 0, max_steps: int = 0, precision: str = "auto", devices: int = 1, log_every: int = 50,
-        checkpoint_dir: str = "checkpoints", resume: bool = False) -> str:
+        seed: int = 0, max_steps: int = 0, max_minutes: float = 0.0, precision: str = "auto",
+        devices: int = 1, log_every: int = 50, checkpoint_dir: str = "checkpoints",
+        resume: bool = False) -> str:
     """One trial of a sweep (`trial`: its values as JSON, over these): train, then evaluate, under the
     pipeline run's parent MLflow run; returns the outcome as JSON. A trial that fails is an outcome too,
     so the sweep goes on without it."""

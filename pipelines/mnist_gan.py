@@ -94,11 +94,11 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                   description="Train, evaluate, register and promote the MNIST GAN.",
                   pipeline_config=dsl.PipelineConfig(workspace=workspace))
     def mnist_gan(data: str = DEFAULT_DATA_URL, train_images: int = 0, preset: str = "seed",
-                  epochs: int = 200, batch_size: int = 128, learning_rate: float = 0.0002,
-                  beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 5,
+                  epochs: int = 200, batch_size: int = 0, learning_rate: float = 0.0,
+                  beta_1: float = 0.5, z_dim: int = 100, n_iter_d: int = 1, n_iter_g: int = 0,
                   real_label: float = 0.9, fake_label: float = 0.0, ema_decay: float = 0.999,
                   eval_every: int = 5, eval_samples: int = 2000, select: str = "auto", seed: int = 0,
-                  max_steps: int = 0, precision: str = "auto", log_every: int = 50,
+                  max_steps: int = 0, max_minutes: float = 0.0, precision: str = "auto", log_every: int = 50,
                   checkpoint_dir: str = "checkpoints", resume: bool = False, samples: int = 10_000,
                   model_name: str = "mnist-gan-generator", min_fid_gain: float = 0.0,
                   max_classes_lost: int = 0, min_classes_covered: int = 10):

@@ -9,27 +9,28 @@ import pytest
 
 from tests.conftest import ROOT
 from training.cli import add_flag
-from training.config import ConfigError, JobConfig, TrainConfig, param, params, parse
+from training.config import PRESET_RECIPES, ConfigError, JobConfig, TrainConfig, param, params, parse
 
 BAD_VALUES = [
     ("epochs", 0, "epochs must be in [1, inf]"),
-    ("batch_size", 0, "batch_size must be in [1, 60000]"),
-    ("batch_size", 60001, "batch_size must be in [1, 60000]"),
-    ("learning_rate", 0.0, "learning_rate must be in (0.0, 1.0]"),
-    ("learning_rate", -1e-4, "learning_rate must be in (0.0, 1.0]"),
+    ("batch_size", -1, "batch_size must be in [0, 60000]"),
+    ("batch_size", 60001, "batch_size must be in [0, 60000]"),
+    ("learning_rate", -1e-4, "learning_rate must be in [0.0, 1.0]"),
+    ("learning_rate", 1.5, "learning_rate must be in [0.0, 1.0]"),
     ("learning_rate", float("nan"), "learning_rate must be a number"),
     ("beta_1", 1.0, "beta_1 must be in [0.0, 1.0)"),
     ("n_iter_d", 0, "n_iter_d must be in [1, 100]"),
-    ("n_iter_g", 0, "n_iter_g must be in [1, 100]"),
+    ("n_iter_g", 101, "n_iter_g must be in [0, 100]"),
     ("z_dim", 0, "z_dim must be in [1, 4096]"),
     ("real_label", 1.5, "real_label must be in [0.0, 1.0]"),
     ("fake_label", -0.1, "fake_label must be in [0.0, 1.0]"),
     ("seed", -1, "seed must be in [0, 2147483647]"),
     ("max_steps", -1, "max_steps must be in [0, inf]"),
+    ("max_minutes", -0.5, "max_minutes must be in [0.0, inf]"),
     ("train_images", 70000, "train_images must be in [0, 60000]"),
     ("log_every", 0, "log_every must be in [1, inf]"),
     ("devices", 0, "devices must be in [1, 64]"),
-    ("preset", "huge", "preset must be one of seed, small, tiny"),
+    ("preset", "huge", "preset must be one of seed, small, tiny, cpu"),
     ("precision", "fp8", "precision must be one of auto, float32, mixed_bfloat16"),
     ("data", "", "data must not be empty"),
     ("epochs", 1.5, "epochs must be of type int"),
@@ -42,6 +43,22 @@ def test_defaults_are_the_seed_recipe():
     assert (config.preset, config.epochs, config.batch_size, config.learning_rate, config.beta_1,
             config.z_dim, config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label) == (
         "seed", 200, 128, 2e-4, 0.5, 100, 1, 5, 0.9, 0.0)
+
+
+def test_a_preset_brings_its_recipe_where_none_is_given_and_again_when_it_changes():
+    cpu = TrainConfig(preset="cpu")
+    assert (cpu.batch_size, cpu.learning_rate, cpu.n_iter_g) == tuple(
+        PRESET_RECIPES["cpu"][name] for name in ("batch_size", "learning_rate", "n_iter_g"))
+    assert cpu.to_dict()["n_iter_g"] == PRESET_RECIPES["cpu"]["n_iter_g"], "what MLflow logs is the value"
+    seed = cpu.replace(preset="seed", epochs=3)
+    assert (seed.batch_size, seed.learning_rate, seed.n_iter_g, seed.epochs) == (128, 2e-4, 5, 3)
+    assert seed.replace(preset="cpu") == cpu.replace(epochs=3)
+    chosen = TrainConfig(preset="cpu", n_iter_g=3, batch_size=32)
+    assert (chosen.n_iter_g, chosen.batch_size, chosen.learning_rate) == (3, 32, PRESET_RECIPES["cpu"][
+        "learning_rate"]), "a value given is kept"
+    assert chosen.replace(preset="seed").n_iter_g == 3, "and kept when the preset changes"
+    assert TrainConfig.from_text({"preset": "cpu", "n_iter_g": "0"}) == cpu
+    assert "0 = the preset's: 5 (seed, small, tiny), 1 (cpu)" in param(TrainConfig, "n_iter_g").help
 
 
 @pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES)

@@ -22,6 +22,22 @@ def test_progress_lines_in_a_pipe_give_the_eta_at_the_recent_pace(monkeypatch):
         "epoch 3/5  step 30/100  d_loss 0.5000  g_loss 1.2500  1,234 images/s  epoch ETA 0:00:07"]
 
 
+def test_a_run_with_a_time_budget_shows_what_is_left_of_it(monkeypatch):
+    import io
+
+    from training import progress
+
+    clock = iter([0.0, 60.0, 60.0, 200.0, 200.0])  # start; each update reads the clock twice
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    stream = io.StringIO()
+    display = progress.Progress(1, 200, 938, ("d_loss",), stream=stream, budget_ends=180.0)
+    display.update(300, {"d_loss": 0.5})
+    display.update(600, {"d_loss": 0.5}, last=True)
+    assert [line.split("epoch ETA ")[1] for line in stream.getvalue().splitlines()] == [
+        "0:02:08  time budget left 0:02:00", "0:02:38  time budget left 0:00:00"]
+
+
 def test_native_start_up_notices_are_hidden_and_every_other_line_passes_in_order(tmp_path):
     """What TensorFlow's C++ side prints through absl at start-up (on a CPU with AVX-512: "oneDNN custom
     operations are on"), whatever TF_CPP_MIN_LOG_LEVEL says; written to file descriptor 2 as it does."""

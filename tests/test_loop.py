@@ -117,6 +117,37 @@ def test_select_last_exports_the_averaged_generator_of_the_last_step(tmp_path, m
             == ("models/generator_ema.keras", "last"))
 
 
+def test_a_time_budget_ends_the_run_like_its_last_epoch_and_resume_counts_time_spent(tmp_path, mnist_path):
+    """max_minutes through the main job: the step that spends the budget ends the run (a last curve point,
+    a checkpoint, the best generator exported), then evaluate, register and promote run as after the last
+    epoch. A resumed run counts the minutes already spent: with the same budget it takes no step."""
+    budget = ["--max-minutes", "0.01"]  # 0.6 s: spent by the first step, which compiles
+    main = run_cli(["main", "--data", str(mnist_path), *TINY, "--epochs", "100", *CURVE, *budget,
+                    "--samples", "200", "--checkpoint-dir", "ckpt"], tmp_path)
+    assert main.returncode == 0, main.stderr[-3000:]
+    assert "1 steps, 0 epoch(s) (its time budget, max_minutes, is spent)" in main.stdout, main.stdout
+    run_dir = checkpoint.latest_run_dir(tmp_path / "ckpt")
+    first = checkpoint.latest_manifest(run_dir)
+    assert first["global_step"] == 1 and first["training_seconds"] >= 0.6
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(first["run_id"]).data.tags
+    assert (tags["stopped_by"], tags["generator_checkpoint"]) == ("max_minutes", "best")
+    assert [m.step for m in client.get_metric_history(first["run_id"], "curve/fid")] == [1]
+    assert client.get_model_version_by_alias("mnist-gan-generator", "champion").tags[
+        "training_run_id"] == first["run_id"], "evaluated, registered and promoted after the budget"
+
+    again = _train(tmp_path, mnist_path, "--epochs", "100", *CURVE, *budget, "--checkpoint-dir", "ckpt",
+                   "--resume")
+    assert "1 steps, 0 epoch(s) (its time budget, max_minutes, is spent)" in again.stdout, again.stdout
+    assert checkpoint.latest_manifest(run_dir)["global_step"] == 1, "no step past a spent budget"
+
+    _train(tmp_path, mnist_path, "--epochs", "100", *CURVE, "--max-minutes", "30", "--max-steps", "3",
+           "--checkpoint-dir", "ckpt", "--resume")
+    last = checkpoint.latest_manifest(run_dir)
+    assert last["global_step"] == 3 and last["training_seconds"] > first["training_seconds"]
+    assert [m.step for m in client.get_metric_history(first["run_id"], "d_loss")] == [1, 2, 3]
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
     args = [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *TINY,
             "--epochs", "1000", "--train-images", "4096"]

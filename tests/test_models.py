@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from training.models import PRESET_WIDTHS, build_discriminator, build_generator
+from training.config import PRESETS
+from training.models import PRESET_WIDTHS, build_discriminator, build_generator, build_models
 
 # (layer class, output shape without batch, parameter count), read off the post's Keras code.
 SEED_GENERATOR = [
@@ -60,10 +61,9 @@ def test_seed_discriminator_is_the_posts():
     assert discriminator.layers[-1].activation.__name__ == "sigmoid"
 
 
-@pytest.mark.parametrize("preset", sorted(PRESET_WIDTHS))
+@pytest.mark.parametrize("preset", PRESETS)
 def test_presets_map_z_to_images_in_range_and_back_to_probabilities(preset):
-    widths = PRESET_WIDTHS[preset]
-    generator, discriminator = build_generator(widths, z_dim=100), build_discriminator(widths)
+    generator, discriminator = build_models(preset, z_dim=100)
     z = np.random.default_rng(0).uniform(-1, 1, (4, 100)).astype("float32")
     fake = keras.ops.convert_to_numpy(generator(z, training=False))
     assert fake.shape == (4, 28, 28, 1) and np.all(np.abs(fake) <= 1.0)

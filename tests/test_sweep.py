@@ -66,9 +66,18 @@ def test_listed_trials_take_the_base_value_of_what_they_leave_out():
         sweep.load('[{"seed": 3}]', [], TrainConfig(resume=True))
 
 
+def test_a_trial_that_changes_the_preset_takes_that_presets_recipe_for_what_it_leaves_out():
+    trials = sweep.load('[{"preset": "cpu"}, {"preset": "small", "batch_size": 32}]', [], TrainConfig())
+    cpu = TrainConfig(preset="cpu")
+    assert [t.values for t in trials] == [{"preset": "cpu", "batch_size": cpu.batch_size},
+                                          {"preset": "small", "batch_size": 32}]
+    assert trials[0].config(TrainConfig()) == cpu
+    assert trials[1].config(TrainConfig()).n_iter_g == TrainConfig().n_iter_g
+
+
 @pytest.mark.parametrize(("spec", "axes", "message"), [
-    ("[{seed: 0}, {learning_rate: 2.0}]", [], r"trial 2: learning_rate must be in \(0.0, 1.0\] \(got 2.0\)"),
-    (None, ["n_iter_g=5,0"], r"trial 2: n_iter_g must be in \[1, 100\] \(got 0\)"),
+    ("[{seed: 0}, {learning_rate: 2.0}]", [], r"trial 2: learning_rate must be in \[0.0, 1.0\] \(got 2.0\)"),
+    (None, ["n_iter_g=5,-1"], r"trial 2: n_iter_g must be in \[0, 100\] \(got -1\)"),
     (None, ["seed=1,x"], r"trial 2: seed must be an integer \(got 'x'\)"),
     (None, ["batch_size=64,100"], "trial 2: batch_size must be in 1..train_images=64"),
     ("[{lerning_rate: 0.1}]", [], "trial 1: lerning_rate is not a training parameter"),

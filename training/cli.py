@@ -244,7 +244,9 @@ def trained_line(trained) -> str:
 
     result = trained.result
     best = f" (FID {result.best['fid']:.4g} on its curve)" if result.selected == "generator_best" else ""
-    return (f"train: run {trained.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s); "
+    stop = {"max_minutes": " (its time budget, max_minutes, is spent)",
+            "max_steps": " (max_steps reached)"}.get(result.stopped_by, "")
+    return (f"train: run {trained.run_id}, {result.global_step} steps, {result.epochs_done} epoch(s){stop}; "
             f"exports {describe_generator(trained.exported())}{best}")
 
 

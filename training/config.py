@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-PRESETS = ("seed", "small", "tiny")
+PRESETS = ("seed", "small", "tiny", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 SELECTIONS = ("auto", "best", "last")
 MNIST_TRAIN_IMAGES = 60_000
@@ -26,8 +26,15 @@ KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "t
 
 # Parameters that may change between a run and its resumption; any other change is refused.
 # `devices` among them: a checkpoint holds the state once, whatever the number of devices that wrote it.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "resume", "log_every", "data", "checkpoint_dir", "devices",
-                     "eval_every", "select"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "max_minutes", "resume", "log_every", "data", "checkpoint_dir",
+                     "devices", "eval_every", "select"}
+
+# The recipe a preset brings: the value a TrainConfig field takes where it is given as 0. seed, small and
+# tiny are the post's recipe (small and tiny only shrink its widths); cpu is this project's own recipe for
+# CPUs (docs/BENCHMARKS.md, "Quality per minute", has the measurement that chose it).
+SEED_RECIPE = {"batch_size": 128, "learning_rate": 2e-4, "n_iter_g": 5}
+PRESET_RECIPES = {"seed": SEED_RECIPE, "small": SEED_RECIPE, "tiny": SEED_RECIPE,
+                  "cpu": {"batch_size": 64, "learning_rate": 5e-4, "n_iter_g": 1}}
 
 # Parameters newer than some checkpoints, with the value that reproduces how those were trained.
 PREDATED_BY = {"ema_decay": 0.0}
@@ -55,6 +62,15 @@ class Param:
 
 def _param(default: Any, help: str, **bounds: Any) -> Any:
     return field(default=default, metadata={"help": help, **bounds})
+
+
+def _by_preset(name: str) -> str:
+    """Help's end for a field a preset chooses: "0 = the preset's: 128 (seed, small, tiny), 64 (cpu)"."""
+    by_value: dict[Any, list[str]] = {}
+    for preset, recipe in PRESET_RECIPES.items():
+        by_value.setdefault(recipe[name], []).append(preset)
+    return "0 = the preset's: " + ", ".join(f"{value:g} ({', '.join(presets)})"
+                                             for value, presets in by_value.items())
 
 
 class _Parameters:
@@ -97,19 +113,21 @@ class _Parameters:
 @dataclass(frozen=True)
 class TrainConfig(_Parameters):
     # model and data
-    preset: str = _param("seed", "model size: seed (the post's G and D), small, tiny", choices=PRESETS)
+    preset: str = _param("seed", "G, D and their recipe: seed (the post's), small and tiny (the post's, "
+                         "narrower), cpu (ours, for CPUs)", choices=PRESETS)
     data: str = _param(DEFAULT_DATA_URL, "mnist.npz source: https URL, local path or s3:// URI")
     train_images: int = _param(0, "use only the first N training images (0 = all)", min=0,
                                max=MNIST_TRAIN_IMAGES)
     # the seed's recipe
     epochs: int = _param(200, "passes of the training images through D", min=1)
-    batch_size: int = _param(128, "real images per D step (D sees as many fakes)", min=1,
-                             max=MNIST_TRAIN_IMAGES)
-    learning_rate: float = _param(2e-4, "Adam learning rate of D and G", gt=0.0, le=1.0)
+    batch_size: int = _param(0, "real images per D step, D sees as many fakes (" + _by_preset("batch_size")
+                             + ")", min=0, max=MNIST_TRAIN_IMAGES)
+    learning_rate: float = _param(0.0, "Adam learning rate of D and G (" + _by_preset("learning_rate") + ")",
+                                  ge=0.0, le=1.0)
     beta_1: float = _param(0.5, "Adam beta_1 of D and G", ge=0.0, lt=1.0)
     z_dim: int = _param(100, "dimension of the generator's input z ~ U(-1, 1)", min=1, max=4096)
     n_iter_d: int = _param(1, "D steps per training step", min=1, max=100)
-    n_iter_g: int = _param(5, "G steps per training step", min=1, max=100)
+    n_iter_g: int = _param(0, "G steps per training step (" + _by_preset("n_iter_g") + ")", min=0, max=100)
     real_label: float = _param(0.9, "D's target for real images (one-sided smoothing)", ge=0.0,
                                le=1.0)
     fake_label: float = _param(0.0, "D's target for generated images", ge=0.0, le=1.0)
@@ -124,6 +142,8 @@ class TrainConfig(_Parameters):
     # run control
     seed: int = _param(0, "random seed (weights, shuffling, z, dropout)", min=0, max=SEED_MAX)
     max_steps: int = _param(0, "stop after this many training steps (0 = no limit)", min=0)
+    max_minutes: float = _param(0.0, "stop after this many minutes of training, compilation and FID curve "
+                                "included, summed over resumed calls (0 = no limit)", ge=0.0)
     precision: str = _param("auto", "auto = mixed_bfloat16 on a GPU, float32 on a CPU",
                             choices=PRECISIONS)
     devices: int = _param(1, "local accelerators to train on, data-parallel (JAX backend); each step's "
@@ -133,6 +153,10 @@ class TrainConfig(_Parameters):
     resume: bool = _param(False, "continue the run whose checkpoint under checkpoint_dir is newest")
 
     def __post_init__(self) -> None:
+        chosen = [name for name in PRESET_RECIPES.get(self.preset, {}) if getattr(self, name) == 0]
+        for name in chosen:
+            object.__setattr__(self, name, PRESET_RECIPES[self.preset][name])
+        object.__setattr__(self, "_chosen_by_preset", tuple(chosen))
         super().__post_init__()
         if self.batch_size % self.devices:
             raise ConfigError(f"batch_size must be a multiple of devices={self.devices} (got "
@@ -142,6 +166,10 @@ class TrainConfig(_Parameters):
         if self.train_images and self.batch_size > self.train_images:
             raise ConfigError(
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`; what the preset chose is chosen again, by the new preset if it changes."""
+        return dataclasses.replace(self, **{name: 0 for name in self._chosen_by_preset} | changes)
 
     @property
     def keeps_best(self) -> bool:

@@ -25,7 +25,7 @@ from training.adam import Adam
 from training.checkpoint import NonFiniteLoss, Preempted
 from training.config import TrainConfig
 from training.data import epoch_batches, steps_per_epoch
-from training.models import PRESET_WIDTHS, build_discriminator, build_generator
+from training.models import build_models
 from training.progress import Progress
 from training.sampling import latents, render
 from training.step import Gan, LatentSampler, Recipe
@@ -51,7 +51,7 @@ class TrainResult:
     epochs_done: int
     history: dict[str, list[tuple[int, float]]]
     grid_paths: list[Path]
-    stopped_by: str  # "epochs", "max_steps"
+    stopped_by: str  # "epochs", "max_steps", "max_minutes"
     train_seconds: float  # wall time of this call of `train`, compilation included
     curve: list[dict]  # the FID curve's points: step, epoch and scores (fid, raw_fid, ...)
     curve_seconds: float  # of train_seconds, the time spent scoring the curve
@@ -71,11 +71,10 @@ def build_gan(config: TrainConfig) -> Gan:
     parallel = backend.DataParallel(config.devices)  # before anything heavy: it may refuse the count
     keras.config.set_dtype_policy(backend.resolve_precision(config.precision))
     backend.make_deterministic(config.seed)
-    widths = PRESET_WIDTHS[config.preset]
+    generator, discriminator = build_models(config.preset, config.z_dim)
     recipe = Recipe(config.n_iter_d, config.n_iter_g, config.real_label, config.fake_label, config.ema_decay)
-    return Gan(build_generator(widths, config.z_dim), build_discriminator(widths),
-               Adam(config.learning_rate, config.beta_1), LatentSampler(config.z_dim, seed=config.seed),
-               recipe, parallel)
+    return Gan(generator, discriminator, Adam(config.learning_rate, config.beta_1),
+               LatentSampler(config.z_dim, seed=config.seed), recipe, parallel)
 
 
 def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None = None,
@@ -101,45 +100,45 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
     steps = steps_per_epoch(len(train_images), config.batch_size, config.n_iter_d)
 
     with _SigtermFlag() as sigterm:
+        if config.resume and (limit := progress.limit_reached()):
+            return progress.result(gan, state, limit)
         for epoch in range(progress.epoch, config.epochs):
-            batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d,
-                                               config.seed, epoch)
+            batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d, config.seed, epoch)
             display = Progress(epoch + 1, config.epochs, steps, METRICS + ("images_per_sec",),
-                               first_step=progress.step_in_epoch)
+                               first_step=progress.step_in_epoch, budget_ends=progress.budget_ends())
             window = _Window(config.batch_size * config.n_iter_d)
             for i in range(progress.step_in_epoch, steps):
                 state, metrics = step_fn(state, device_images, batches[i])
                 progress.global_step += 1
                 window.add(metrics)
                 last_of_epoch = i + 1 == steps
-                hit_max = config.max_steps and progress.global_step >= config.max_steps
-                stopping = hit_max or sigterm.is_set()
+                limit = progress.limit_reached()
+                stopping = limit or sigterm.is_set()
                 if progress.global_step % config.log_every == 0 or last_of_epoch or stopping:
                     values = window.flush(progress.global_step)
                     progress.record(values, progress.global_step)
                     if tracker:
                         tracker.log_step(progress.global_step, values)
-                    display.update(i + 1, values, last=last_of_epoch or stopping)
-                if sigterm.is_set() or (hit_max and not last_of_epoch):
+                    display.update(i + 1, values, last=last_of_epoch or bool(stopping))
+                if sigterm.is_set() or (limit and not last_of_epoch):
                     if judge and not sigterm.is_set():  # the end of the run: its last curve point
                         _score(progress, gan, state, judge, tracker, round(epoch + (i + 1) / steps, 2))
                     progress.save(state, epoch, i + 1, run_id)
                     if sigterm.is_set():
                         raise Preempted(f"SIGTERM at step {progress.global_step}: checkpoint written "
                                         f"to {checkpoint_dir}; rerun with --resume to continue")
-                    return progress.result(gan, state, "max_steps")
+                    return progress.result(gan, state, limit)
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             grid_path = _save_grid(gan, state, z_grid, grid_dir / f"epoch_{epoch + 1:04d}.png", epoch)
             progress.grid_paths.append(grid_path)
             epoch_metrics = progress.epoch_summary()
             if tracker:
                 tracker.log_epoch(epoch + 1, epoch_metrics, grid_path)
-            ending = epoch + 1 == config.epochs or 0 < config.max_steps <= progress.global_step
-            if judge and ((epoch + 1) % config.eval_every == 0 or ending):
+            if judge and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs or limit):
                 _score(progress, gan, state, judge, tracker, epoch + 1)
             progress.save(state, epoch + 1, 0, run_id)
-            if config.max_steps and progress.global_step >= config.max_steps:
-                return progress.result(gan, state, "max_steps")
+            if limit:
+                return progress.result(gan, state, limit)
     return progress.result(gan, state, "epochs")
 
 
@@ -198,6 +197,25 @@ class _Progress:
     best: dict | None = None
     curve_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    seconds_before: float = 0.0  # of training, in the calls this one resumes (up to their last checkpoint)
+
+    def training_seconds(self) -> float:
+        """What the run's time budget counts: this call's wall time and the earlier calls'."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def budget_ends(self) -> float | None:
+        """The time.perf_counter() value at which the time budget is spent, if there is one."""
+        if not self.config.max_minutes:
+            return None
+        return time.perf_counter() + self.config.max_minutes * 60 - self.training_seconds()
+
+    def limit_reached(self) -> str | None:
+        """The limit, other than the last epoch, that ends the run now: "max_steps" or "max_minutes"."""
+        if self.config.max_steps and self.global_step >= self.config.max_steps:
+            return "max_steps"
+        if self.config.max_minutes and self.training_seconds() >= self.config.max_minutes * 60:
+            return "max_minutes"
+        return None
 
     def record(self, values: dict[str, float], step: int) -> None:
         self.epoch_values.append(values)
@@ -233,6 +251,7 @@ class _Progress:
             "config": self.config.to_dict(), "num_images": self.num_images, "run_id": run_id,
             "history": self.history, "grids": [p.name for p in self.grid_paths],
             "epoch_values": self.epoch_values, "curve": self.curve,
+            "training_seconds": self.training_seconds(),
         })
 
     def restore(self, directory: Path) -> None:
@@ -248,6 +267,7 @@ class _Progress:
         self.grid_paths = [directory / "grids" / name for name in manifest["grids"]]
         self.epoch_values = manifest["epoch_values"]
         self.curve = manifest.get("curve", [])
+        self.seconds_before = manifest.get("training_seconds", 0.0)
         # best/ is written before the latest checkpoint: after a crash between the two it is ahead
         self.best = checkpoint.latest_manifest(directory / BEST)
 

@@ -19,11 +19,13 @@ SHOWN = ("d_loss", "g_loss")
 class Progress:
     """One epoch's display. `update` takes the step within the epoch (1-based) and the metrics just
     flushed (`last` at the end of the epoch or the run); `first_step` is where a resumed epoch starts.
-    The ETA uses the pace since the previous update."""
+    The ETA uses the pace since the previous update; `budget_ends` (a time.perf_counter() value) is when
+    the run's time budget is spent, if it has one."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, metric_names: tuple[str, ...],
-                 first_step: int = 0, stream: TextIO | None = None):
+                 first_step: int = 0, stream: TextIO | None = None, budget_ends: float | None = None):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.budget_ends = budget_ends
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
         self.previous = (first_step, time.perf_counter())
@@ -50,5 +52,9 @@ class Progress:
         eta = datetime.timedelta(seconds=round(per_step * (self.steps - step)))
         losses = "  ".join(f"{name} {values[name]:.4f}" for name in SHOWN if name in values)
         rate = f"{values['images_per_sec']:,.0f} images/s" if "images_per_sec" in values else ""
+        budget = ""
+        if self.budget_ends is not None:
+            left = datetime.timedelta(seconds=round(max(self.budget_ends - time.perf_counter(), 0.0)))
+            budget = f"  time budget left {left}"
         return (f"epoch {self.epoch}/{self.epochs}  step {step}/{self.steps}  {losses}  {rate}  "
-                f"epoch ETA {eta}").replace("    ", "  ")
+                f"epoch ETA {eta}{budget}").replace("    ", "  ")

@@ -77,9 +77,10 @@ def load(spec: str | None, axes: list[str], base: TrainConfig) -> list[Trial]:
     if len(trials) > MAX_TRIALS:
         raise ConfigError(f"the sweep has {len(trials)} trials; at most {MAX_TRIALS}")
     checked = [_checked(Trial(i, values), base) for i, values in enumerate(trials, start=1)]
-    # What one trial sets, every trial sets: a trial that leaves it out takes the base value.
+    # What one trial sets, every trial sets: a trial that leaves it out takes the base value (or, where
+    # the base leaves it to the preset, its own preset's).
     named = [name for name in SWEPT if any(name in t.values for t in checked)]
-    return [Trial(t.index, {name: t.values.get(name, getattr(base, name)) for name in named})
+    return [Trial(t.index, {name: t.values.get(name, getattr(t.config(base), name)) for name in named})
             for t in checked]
 
 

@@ -58,7 +58,7 @@ def test_a_preset_brings_its_recipe_where_none_is_given_and_again_when_it_change
         "learning_rate"]), "a value given is kept"
     assert chosen.replace(preset="seed").n_iter_g == 3, "and kept when the preset changes"
     assert TrainConfig.from_text({"preset": "cpu", "n_iter_g": "0"}) == cpu
-    assert "0 = the preset's: 5 (seed, small, tiny), 1 (cpu)" in param(TrainConfig, "n_iter_g").help
+    assert "0 = the preset's: 5 (seed, small, tiny), 2 (cpu)" in param(TrainConfig, "n_iter_g").help
 
 
 @pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES)

@@ -63,12 +63,9 @@ class DataParallel:
         import jax
         import numpy as np
 
-        local = jax.local_devices()
-        if count > len(local):
-            raise ConfigError(f"devices={count}, but JAX sees only {len(local)} local device(s) here "
-                              f"({', '.join(sorted({d.device_kind for d in local}))}); "
-                              f"set devices to at most {len(local)}")
-        self.mesh = jax.sharding.Mesh(np.array(local[:count]), (BATCH_AXIS,))
+        from training.checks import local_devices
+
+        self.mesh = jax.sharding.Mesh(np.array(local_devices(count)), (BATCH_AXIS,))
 
     def replicate(self, tree):
         """A copy of a nest of arrays on every device of the mesh."""

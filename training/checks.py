@@ -18,12 +18,14 @@ from training.data import check_readable
 
 @functools.cache
 def training(config: TrainConfig) -> None:
-    """Several devices only on JAX, readable data, and when resuming, a checkpoint trained with the same
-    parameters. (Whether JAX sees that many devices is known only once it is imported: the loop checks.)"""
+    """Several devices only on JAX and only as many as it sees, readable data, and when resuming, a
+    checkpoint trained with the same parameters."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if config.devices > 1 and backend != "jax":
         raise ConfigError(f"devices={config.devices} needs the JAX backend (KERAS_BACKEND=jax); "
                           f"KERAS_BACKEND={backend} trains on one device")
+    if config.devices > 1:
+        local_devices(config.devices)
     check_readable(config.data)
     if not config.resume:
         return
@@ -37,6 +39,19 @@ def training(config: TrainConfig) -> None:
     refused = config.resume_conflicts(previous)
     if refused:
         raise ConfigError(f"cannot resume from {run_dir}: it was trained with different {', '.join(refused)}")
+
+
+def local_devices(count: int) -> list:
+    """The first `count` devices JAX sees here (importing JAX alone takes seconds; Keras, TensorFlow and
+    MLflow are not needed to know); ConfigError if it sees fewer."""
+    import jax
+
+    local = jax.local_devices()
+    if count > len(local):
+        raise ConfigError(f"devices={count}, but JAX sees only {len(local)} local device(s) here "
+                          f"({', '.join(sorted({d.device_kind for d in local}))}); "
+                          f"set devices to at most {len(local)}")
+    return local[:count]
 
 
 def tracking_server() -> None:

@@ -34,7 +34,7 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "max_minutes", "resume", "log_every"
 # CPUs (docs/BENCHMARKS.md, "Quality per minute", has the measurement that chose it).
 SEED_RECIPE = {"batch_size": 128, "learning_rate": 2e-4, "n_iter_g": 5}
 PRESET_RECIPES = {"seed": SEED_RECIPE, "small": SEED_RECIPE, "tiny": SEED_RECIPE,
-                  "cpu": {"batch_size": 64, "learning_rate": 5e-4, "n_iter_g": 1}}
+                  "cpu": {"batch_size": 64, "learning_rate": 1e-3, "n_iter_g": 2}}
 
 # Parameters newer than some checkpoints, with the value that reproduces how those were trained.
 PREDATED_BY = {"ema_decay": 0.0}

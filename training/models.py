@@ -2,8 +2,8 @@
 
 Preset `seed` is the post's architecture exactly; `small` and `tiny` keep its layer stack and shrink
 its widths (`tiny` is for unit tests). Preset `cpu` is ours: a DCGAN-style pair of strided 4x4
-convolutions each way, no pooling, about as many FLOPs per image as `small`, made to learn fast with one
-G update per D update (its recipe is in training.config.PRESET_RECIPES).
+convolutions each way, no pooling, narrow enough for ~1,000 images/s on 2 CPU cores; its recipe
+(training.config.PRESET_RECIPES) and widths won a sweep at a fixed time budget (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class StridedWidths:
     d_conv2: int  # of D's 7x7 feature map
 
 
-CPU_WIDTHS = StridedWidths(g_channels=128, g_conv=64, d_conv1=64, d_conv2=128)
+CPU_WIDTHS = StridedWidths(g_channels=64, g_conv=32, d_conv1=32, d_conv2=64)
 
 
 def build_models(preset: str, z_dim: int) -> tuple[keras.Model, keras.Model]:

@@ -87,6 +87,35 @@ def test_the_quality_harness_scores_the_raw_and_each_averaged_generator(digits):
     assert "Lowest FID of the averages at each mark: " in report.ema_decay(results)
 
 
+def test_the_presets_table_judges_the_cpu_preset_against_the_tutorial_mark_by_mark():
+    from benchmarks import report
+
+    reference = {c: 1.0 for c in report.QUALITY_COLUMNS}
+
+    def run(preset, fids, classes):
+        rows = [{"minutes": m, "steps": 100 * m, "epochs": m / 10, "fid": fid, "classifier_score": 5.0,
+                 "classes_covered": c, "recall": 0.5, "precision": 0.5} for m, fid, c in zip(
+                     (2.5, 5, 10), fids, classes)]
+        if preset == "tutorial":
+            return {"tutorial": rows, "samples": 10_000, "reference": reference}
+        recipe = {"preset": preset, "batch_size": 64, "learning_rate": 1e-3, "n_iter_d": 1, "n_iter_g": 2,
+                  "precision": "float32", "ema_decay": 0.999}
+        return {"project": {"ema_0.999": rows}, "project_recipe": recipe, "samples": 10_000,
+                "reference": reference}
+
+    results = {"cpu": run("cpu", (60, 40, 25), (9, 10, 10)),
+               "tutorial": run("tutorial", (240, 120, 80), (10,) * 3)}
+    section = report.presets(results)
+    assert "`cpu` (batch 64, Adam 0.001, 1 D : 2 G, float32, EMA 0.999)" in section
+    assert "FID <= 30, measured 25.0: met" in section
+    assert "4.0x, 3.0x, 3.2x: met" in section, "every mark at least 3x lower"
+    assert "10 at 5 min, 10 at 10 min: met" in section, "the 2.5-minute mark is not held to 10 classes"
+    results["cpu"] = run("cpu", (60, 41, 31), (10, 9, 10))
+    section = report.presets(results)
+    assert "measured 31.0: **missed**" in section and "2.9x, 2.6x: **missed**" in section
+    assert "9 at 5 min, 10 at 10 min: **missed**" in section
+
+
 def test_the_report_rewrites_only_its_own_section(tmp_path):
     from benchmarks import report
 

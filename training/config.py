@@ -31,7 +31,7 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "max_minutes", "resume", "log_every"
 
 # The recipe a preset brings: the value a TrainConfig field takes where it is given as 0. seed, small and
 # tiny are the post's recipe (small and tiny only shrink its widths); cpu is this project's own recipe for
-# CPUs (docs/BENCHMARKS.md, "Quality per minute", has the measurement that chose it).
+# CPUs (docs/BENCHMARKS.md, "A recipe for CPUs", has the measurements that chose it).
 SEED_RECIPE = {"batch_size": 128, "learning_rate": 2e-4, "n_iter_g": 5}
 PRESET_RECIPES = {"seed": SEED_RECIPE, "small": SEED_RECIPE, "tiny": SEED_RECIPE,
                   "cpu": {"batch_size": 64, "learning_rate": 1e-3, "n_iter_g": 2}}

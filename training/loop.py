@@ -207,7 +207,7 @@ class _Progress:
         """The time.perf_counter() value at which the time budget is spent, if there is one."""
         if not self.config.max_minutes:
             return None
-        return time.perf_counter() + self.config.max_minutes * 60 - self.training_seconds()
+        return self.started + self.config.max_minutes * 60 - self.seconds_before
 
     def limit_reached(self) -> str | None:
         """The limit, other than the last epoch, that ends the run now: "max_steps" or "max_minutes"."""

@@ -2,7 +2,7 @@
 
 Preset `seed` is the post's architecture exactly; `small` and `tiny` keep its layer stack and shrink
 its widths (`tiny` is for unit tests). Preset `cpu` is ours: a DCGAN-style pair of strided 4x4
-convolutions each way, no pooling, narrow enough for ~1,000 images/s on 2 CPU cores; its recipe
+convolutions each way, no pooling, narrow enough for ~800 images/s on 2 AVX2 cores; its recipe
 (training.config.PRESET_RECIPES) and widths won a sweep at a fixed time budget (docs/BENCHMARKS.md).
 """
 

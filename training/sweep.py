@@ -80,8 +80,11 @@ def load(spec: str | None, axes: list[str], base: TrainConfig) -> list[Trial]:
     # What one trial sets, every trial sets: a trial that leaves it out takes the base value (or, where
     # the base leaves it to the preset, its own preset's).
     named = [name for name in SWEPT if any(name in t.values for t in checked)]
-    return [Trial(t.index, {name: t.values.get(name, getattr(t.config(base), name)) for name in named})
-            for t in checked]
+    filled = []
+    for t in checked:
+        config = t.config(base)
+        filled.append(Trial(t.index, {name: t.values.get(name, getattr(config, name)) for name in named}))
+    return filled
 
 
 def _read_spec(spec: str) -> tuple[list[dict], dict[str, list]]:

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from infra.local_stack import mlflow_server, s3_server
-from tests.conftest import TINY, cli_env
+from tests.conftest import QUICK, cli_env
 from tests.tracked_run import check_complete_run
 
 COUNTING_MAIN = """
@@ -56,7 +56,7 @@ def test_main_checks_the_server_the_bucket_and_the_data_once_and_tracks_a_comple
         env = cli_env(tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_S3_ENDPOINT_URL=s3_env["AWS_ENDPOINT_URL"],
                       MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **s3_env)
         result = subprocess.run(
-            [sys.executable, "-c", COUNTING_MAIN, "main", "--data", str(mnist_path), *TINY, "--epochs", "1",
+            [sys.executable, "-c", COUNTING_MAIN, "main", "--data", str(mnist_path), *QUICK, "--epochs", "1",
              "--samples", "500"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
             check=False)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, cli_env, run_cli
+from tests.conftest import QUICK, ROOT, cli_env, run_cli
 from training import cli
 
 VIRTUAL_DEVICES = {"backend": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -90,7 +90,7 @@ def test_a_batch_the_devices_cannot_share_is_refused(capsys):
 
 
 def test_several_devices_on_tensorflow_are_refused_before_training(tmp_path, mnist_path):
-    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "2"], tmp_path,
+    done = run_cli(["train", "--data", str(mnist_path), *QUICK, "--devices", "2"], tmp_path,
                    backend="tensorflow")
     assert done.returncode == 2
     assert "devices=2 needs the JAX backend (KERAS_BACKEND=jax)" in done.stderr
@@ -98,7 +98,8 @@ def test_several_devices_on_tensorflow_are_refused_before_training(tmp_path, mni
 
 
 def test_more_devices_than_jax_sees_are_refused(tmp_path, mnist_path):
-    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "8"], tmp_path, **VIRTUAL_DEVICES)
+    done = run_cli(["train", "--data", str(mnist_path), *QUICK, "--devices", "8"], tmp_path,
+                   **VIRTUAL_DEVICES)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "devices=8, but JAX sees only 4 local device(s)" in done.stderr
     assert "Epoch" not in done.stdout
@@ -110,7 +111,7 @@ def test_mnist_gan_train_uses_all_four_devices_it_is_given(tmp_path, mnist_path)
     virtual CPU devices: a tracked run whose params name the 4 devices."""
     import mlflow
 
-    done = run_cli(["train", "--data", str(mnist_path), *TINY, "--devices", "4", "--max-steps", "2"],
+    done = run_cli(["train", "--data", str(mnist_path), *QUICK, "--devices", "4", "--max-steps", "2"],
                    tmp_path, **VIRTUAL_DEVICES)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, cli_env, run_cli
+from tests.conftest import QUICK, cli_env, run_cli
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import to_unit_range
@@ -30,7 +30,7 @@ def _final_arrays(directory):
 
 
 def _train(tmp_path, mnist_path, *flags):
-    result = run_cli(["train", "--data", str(mnist_path), *TINY, *flags], tmp_path)
+    result = run_cli(["train", "--data", str(mnist_path), *QUICK, *flags], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -58,8 +58,8 @@ def test_resume_continues_to_the_same_weights_in_the_same_run(tmp_path, mnist_pa
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
     assert len(client.search_runs(client.get_run(resumed["run_id"]).info.experiment_id)) == 2
 
-    changed = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "3",
-                       "--checkpoint-dir", "resumed", "--resume", "--learning-rate", "0.001"], tmp_path)
+    changed = run_cli(["train", "--data", str(mnist_path), *QUICK, "--epochs", "3",
+                       "--checkpoint-dir", "resumed", "--resume", "--learning-rate", "0.002"], tmp_path)
     assert changed.returncode == 2 and "trained with different learning_rate" in changed.stderr
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED", "a refused resume changes nothing"
 
@@ -122,7 +122,7 @@ def test_a_time_budget_ends_the_run_like_its_last_epoch_and_resume_counts_time_s
     a checkpoint, the best generator exported), then evaluate, register and promote run as after the last
     epoch. A resumed run counts the minutes already spent: with the same budget it takes no step."""
     budget = ["--max-minutes", "0.01"]  # 0.6 s: spent by the first step, which compiles
-    main = run_cli(["main", "--data", str(mnist_path), *TINY, "--epochs", "100", *CURVE, *budget,
+    main = run_cli(["main", "--data", str(mnist_path), *QUICK, "--epochs", "100", *CURVE, *budget,
                     "--samples", "200", "--checkpoint-dir", "ckpt"], tmp_path)
     assert main.returncode == 0, main.stderr[-3000:]
     assert "1 steps, 0 epoch(s) (its time budget, max_minutes, is spent)" in main.stdout, main.stdout
@@ -149,7 +149,7 @@ def test_a_time_budget_ends_the_run_like_its_last_epoch_and_resume_counts_time_s
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
-    args = [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *TINY,
+    args = [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *QUICK,
             "--epochs", "1000", "--train-images", "4096"]
     process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -178,7 +178,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, mnist_path):
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, mnist_path):
     good = _real_images(mnist_path, 256)
-    config = _tiny_config(tmp_path, epochs=1, log_every=2)
+    config = _quick_config(tmp_path, epochs=1, log_every=2)
     train(config, good)
     before = checkpoint.latest_manifest(tmp_path / "ckpt")
 
@@ -194,7 +194,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_pat
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mnist_path):
-    config = _tiny_config(tmp_path, epochs=2, log_every=1)
+    config = _quick_config(tmp_path, epochs=2, log_every=1)
     train(config, _real_images(mnist_path, 128))
     latest = checkpoint.latest_manifest(tmp_path / "ckpt")
     arrays = tmp_path / "ckpt" / latest["arrays"]
@@ -208,8 +208,8 @@ def _real_images(mnist_path, count: int) -> np.ndarray:
         return to_unit_range(npz["x_train"][:count])
 
 
-def _tiny_config(tmp_path, **changes) -> TrainConfig:
-    return TrainConfig(preset="tiny", batch_size=64, checkpoint_dir=str(tmp_path / "ckpt"), **changes)
+def _quick_config(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig(preset="cpu", checkpoint_dir=str(tmp_path / "ckpt"), **changes)
 
 
 def _template(config):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from infra.local_stack import free_port, mlflow_server, s3_server
-from tests.conftest import TINY, cli_env, run_cli
+from tests.conftest import QUICK, cli_env, run_cli
 from training import checkpoint
 
 # 4,096 images in batches of 64: 64 steps per epoch, metrics every 2 steps
-LONG = [*TINY, "--train-images", "4096", "--epochs", "3"]
+LONG = [*QUICK, "--train-images", "4096", "--epochs", "3"]
 STEPS = 3 * 64
 
 
@@ -99,7 +99,7 @@ import sys
 from training import jobs
 from training.config import TrainConfig
 
-config = TrainConfig(preset="tiny", data=sys.argv[1], train_images=4096, batch_size=64, epochs=3,
+config = TrainConfig(preset="cpu", data=sys.argv[1], train_images=4096, epochs=3,
                      log_every=2, checkpoint_dir=sys.argv[2])
 trained = jobs.train(config, parent_run_id=sys.argv[3], checkpoint_root=".", generator_out=sys.argv[4])
 print("trained", trained.run_id, "resumed" if trained.resumed else "from scratch")
@@ -167,7 +167,7 @@ def test_an_s3_store_refusing_the_credentials_fails_fast_naming_endpoint_and_buc
                 "--default-artifact-root", "s3://mnist-gan/mlflow", "--no-serve-artifacts")) as uri:
             wrong = {**s3_env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-q8Zx3",
                      "MLFLOW_S3_ENDPOINT_URL": endpoint}
-            result = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "1"], tmp_path,
+            result = run_cli(["train", "--data", str(mnist_path), *QUICK, "--epochs", "1"], tmp_path,
                              MLFLOW_TRACKING_URI=uri, **wrong)
             assert result.returncode == 2, result.stderr[-3000:]
             line = result.stderr.strip().splitlines()[-1]
@@ -176,7 +176,7 @@ def test_an_s3_store_refusing_the_credentials_fails_fast_naming_endpoint_and_buc
             for secret in ("wrong-secret-q8Zx3", s3_env["AWS_ACCESS_KEY_ID"]):
                 assert secret not in result.stdout + result.stderr
             unreachable = {**wrong, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
-            result = run_cli(["train", "--data", str(mnist_path), *TINY, "--epochs", "1"], tmp_path,
+            result = run_cli(["train", "--data", str(mnist_path), *QUICK, "--epochs", "1"], tmp_path,
                              MLFLOW_TRACKING_URI=uri, **unreachable)
             assert result.returncode == 2 and "bucket mnist-gan: unreachable" in result.stderr
             assert mlflow.MlflowClient(uri).search_runs(

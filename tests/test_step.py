@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, cli_env, run_cli
+from tests.conftest import QUICK, ROOT, cli_env, run_cli
 
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
 
@@ -41,7 +41,7 @@ def test_tensorflow_and_jax_take_the_same_step(tmp_path):
 @pytest.mark.slow
 def test_tensorflow_step_compiles_with_xla(tmp_path, mnist_path):
     """XLA is what a GPU uses by default; here it is forced on the CPU so that the path stays tested."""
-    result = run_cli(["train", "--data", str(mnist_path), *TINY, "--max-steps", "2", "--epochs", "1"],
+    result = run_cli(["train", "--data", str(mnist_path), *QUICK, "--max-steps", "2", "--epochs", "1"],
                      tmp_path, MNIST_GAN_XLA="1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 steps" in result.stdout

@@ -58,7 +58,7 @@ def test_promotion_refuses_a_worse_challenger_accepts_a_better_one_and_rolls_bac
     assert champion(lab, name) == "2"
     tags = version_tags(lab, name, "2")
     assert tags["promotion.decision"] == "promoted" and tags["promotion.previous_champion"] == "1"
-    assert tags["training_run_id"] == lab.trained_run and tags["preset"] == "tiny"
+    assert tags["training_run_id"] == lab.trained_run and tags["preset"] == "cpu"
     assert float(tags["eval.fid"]) == lab.client.get_run(lab.trained_eval).data.metrics["fid"]
 
     lab.cli(*register, lab.collapsed_run, "--evaluation-run-id", lab.collapsed_eval)

@@ -5,13 +5,13 @@ devices).
         python tests/data_parallel_runs.py step MNIST.npz OUT.npz     # one step on 1 and on 4 devices
         python tests/data_parallel_runs.py resume MNIST.npz OUT.json  # 3 steps on 2 devices, resumed on 1
 
-`step` takes one compiled training step on 1 and on 4 devices, from the same seeded tiny GAN and the same
-real digits. OUT.npz holds, for each run in RUNS, the state's leaves before and after the step
+`step` takes one compiled training step on 1 and on 4 devices, from the same seeded GAN of preset cpu and
+the same real digits. OUT.npz holds, for each run in RUNS, the state's leaves before and after the step
 ("RUN_start_leaf_I", "RUN_leaf_I"), the step's metrics ("RUN_d_loss", ...), the number of devices the new
 state is on ("RUN_devices"), whether it is replicated on them ("RUN_replicated") and the all-reduces in the
 compiled step ("RUN_all_reduces").
 
-`resume` trains the tiny preset on 256 digits at batch 64 (4 steps an epoch) for 2 epochs, stopped after 3
+`resume` trains preset cpu on 256 digits at batch 64 (4 steps an epoch) for 2 epochs, stopped after 3
 steps on 2 devices, then resumed on 1 device to the end. OUT.json holds, for each part, its config, the
 global step it ended at and that of the checkpoint it left, the steps its metrics were logged at, and the
 `device` its MLflow params name.
@@ -38,7 +38,7 @@ RUNS = {"one_device": (1, 0), "four_devices": (4, 0), "other_batch": (4, 1)}
 
 def steps(devices: int, epochs: list[int], images: np.ndarray) -> dict[int, dict]:
     """From the seeded start, one step on the first batch of each epoch: epoch -> the arrays to save."""
-    config = TrainConfig(preset="tiny", batch_size=BATCH, devices=devices)
+    config = TrainConfig(preset="cpu", batch_size=BATCH, devices=devices)
     gan = loop.build_gan(config)
     start = backend.to_numpy(keras.tree.flatten(gan.initial_state()))
     device_images = gan.parallel.replicate(keras.ops.convert_to_tensor(images))
@@ -72,7 +72,7 @@ def one_step_each(images: np.ndarray, out: str) -> None:
 
 def resume(images: np.ndarray, out: str) -> None:
     with tempfile.TemporaryDirectory() as checkpoints:
-        config = TrainConfig(preset="tiny", train_images=IMAGES, batch_size=64, epochs=2, log_every=2,
+        config = TrainConfig(preset="cpu", train_images=IMAGES, epochs=2, log_every=2,
                              max_steps=3, devices=2, checkpoint_dir=checkpoints)
         parts = {"two_devices": config, "resumed_on_one": config.replace(devices=1, max_steps=0, resume=True)}
         report = {}

@@ -19,12 +19,12 @@ from training import cli
 
 VIRTUAL_DEVICES = {"backend": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
-# Measured on the tiny preset at batch 16: the 4-device step's weights are within 7.5e-5 of the 1-device
-# step's update (per tensor, relative to its largest change) and its losses within 1e-7 relative. Not zero:
-# each device sums its quarter of the batch and an all-reduce adds the four partial sums, another float32
-# summation order (batch means, batch-norm statistics, gradients). 1e-3 of the update leaves a 13x margin,
-# while the same step on another batch is off by at least 5e-3 of the update in some tensor.
-UPDATE_RTOL, METRIC_RTOL = 1e-3, 1e-5
+# Measured on preset cpu at batch 16: the 4-device step's weights are within 2.2e-4 of the 1-device step's
+# update (per tensor, relative to its largest change) and its losses within 1e-7 relative. Not zero: each
+# device sums its quarter of the batch and an all-reduce adds the four partial sums, another float32
+# summation order (batch means, batch-norm statistics, gradients). 2e-3 of the update leaves a 9x margin,
+# while the same step on another batch is off by 2x the update in some tensor.
+UPDATE_RTOL, METRIC_RTOL = 2e-3, 1e-5
 
 
 def _leaves(saved, run: str, prefix: str = "leaf") -> list[np.ndarray]:

@@ -2,7 +2,7 @@
 # GPU check on a machine with JAX but no TensorFlow or MLflow (the lent H200): installs the carried
 # wheels (.whl/: keras, namex, optree), runs benchmarks/gpu_check.py with KERAS_BACKEND=jax.
 #   bash benchmarks/gpu_check.sh            on the GPU machine; data from .gpu/mnist.npz, output in $OUT
-#   bash benchmarks/gpu_check.sh --cpu      dry run here: tiny preset, a few steps, the .venv's JAX, and
+#   bash benchmarks/gpu_check.sh --cpu      dry run here: tiny preset at 1 G step, a few steps, the .venv's JAX, and
 #                                           2 virtual CPU devices for the data-parallel step
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,10 +23,10 @@ from training.promotion import PromotionRule
 # TrainConfig accepts (it cannot know the file) that fails when the trial loads the data.
 SPEC = """\
 - {seed: 0}
-- {seed: 1, learning_rate: 1e-3}
+- {seed: 1, learning_rate: 2e-3}
 - {seed: 2, train_images: 60000}
 """
-BASE = {"preset": "tiny", "train_images": 256, "batch_size": 64, "epochs": 1, "max_steps": 2, "log_every": 1,
+BASE = {"preset": "cpu", "train_images": 256, "batch_size": 64, "epochs": 1, "max_steps": 2, "log_every": 1,
         "samples": 100, "min_classes_covered": 0}
 
 
@@ -236,7 +236,7 @@ def test_mlflow_run_sweep_ranks_registers_and_promotes_the_best_despite_a_failin
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
                             timeout=900, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "sweep: trial 3/3 (train_images=60000, learning_rate=0.0002, seed=2) failed" in result.stdout
+    assert "sweep: trial 3/3 (train_images=60000, learning_rate=0.001, seed=2) failed" in result.stdout
     assert "promote mnist-gan-generator version 1 to champion" in result.stdout
     _check_ranked_and_promoted(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
 

@@ -85,11 +85,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
             (parent_run_id or "local") + (f"-trial-{trial}" if trial else ""), config.resume)
         config = config.replace(checkpoint_dir=str(own_dir), resume=resume)
     checks.training(config)
-    import mlflow
-
-    from training import loop, registry, tracking
     from training.data import load_mnist, to_unit_range
-    from training.sweep import TRIAL_TAG, trial_run_name
 
     mnist = load_mnist(config.data)
     num_images = config.train_images or len(mnist.x_train)
@@ -97,6 +93,11 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
         raise ConfigError(f"train_images must be in 0..{len(mnist.x_train)} (got {num_images})")
     if config.batch_size > num_images:
         raise ConfigError(f"batch_size must be in 1..{num_images} (got {config.batch_size})")
+    import mlflow  # after the data's checks: a refused file or size costs no framework import
+
+    from training import loop, registry, tracking
+    from training.sweep import TRIAL_TAG, trial_run_name
+
     train_images = to_unit_range(mnist.x_train[:num_images])
     judge = _quality_probe(mnist, config, classifier_dir) if config.eval_every else None
     checks.artifact_store()

@@ -24,8 +24,8 @@ from training.data import file_sha256
 # one worker runs them all, in order: they share the images, the tracking stack and one pipeline run
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.xdist_group("containers")]
 MODEL_NAME = JobConfig().model_name
-TINY = {"preset": "tiny", "train_images": 2048, "batch_size": 64, "log_every": 4}
-RETRY_EPOCHS = 4  # of the training killed after its first epoch
+QUICK = {"preset": "cpu", "train_images": 2048, "batch_size": 64, "log_every": 4}
+RETRY_EPOCHS = 6  # of the training killed after its first epoch
 
 
 def writable_folder(path: Path) -> Path:
@@ -40,13 +40,13 @@ def test_the_component_image_runs_its_cli_as_a_non_root_user():
     assert engine("run", "--rm", "--entrypoint", "id", IMAGE, "-u").stdout.strip() == "10001"
 
 
-def test_tiny_training_in_the_image_writes_only_to_its_volume(tmp_path, mnist_path):
+def test_a_short_training_in_the_image_writes_only_to_its_volume(tmp_path, mnist_path):
     """Default (relative) checkpoint folder: the image's working folder is the user's own."""
     volume = writable_folder(tmp_path / "volume")
     shutil.copy(mnist_path, volume / "mnist.npz")
     env = {"MLFLOW_TRACKING_URI": "sqlite:////data/mlflow.db"}
     result = engine("run", "--rm", *run_args(env, {volume: "/data"}), IMAGE, "train",
-                    "--data=/data/mnist.npz", "--preset=tiny", "--train-images=256", "--batch-size=64",
+                    "--data=/data/mnist.npz", "--preset=cpu", "--train-images=256", "--batch-size=64",
                     "--epochs=1", "--max-steps=2", "--eval-every=0", env=env)
     assert "Failed to import Git" not in result.stdout + result.stderr
     client = mlflow.MlflowClient(f"sqlite:///{volume / 'mlflow.db'}")
@@ -105,7 +105,7 @@ def pipeline_run(stack, pipeline_user, host_classifier, tmp_path_factory, mnist_
     """The whole pipeline in containers, as the pipeline's MLflow user; returns (user, pipeline root)."""
     work = tmp_path_factory.mktemp("pipeline")
     user = pipeline_user
-    params = {**TINY, "data": str(mnist_path), "epochs": 1, "samples": 500, "min_classes_covered": 0}
+    params = {**QUICK, "data": str(mnist_path), "epochs": 1, "samples": 500, "min_classes_covered": 0}
     flags = [item for key, value in params.items() for item in ("-p", f"{key}={value}")]
     hosts = [item for name, ip in HOSTS.items() for item in ("--add-host", f"{name}:{ip}")]
     result = run_cli(["pipeline", "run-local", "--runner", "docker", *hosts, *flags,
@@ -160,7 +160,7 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, host_classif
     # what the server keeps is in PostgreSQL
     run_id = train.info.run_id
     params = dict(stack.sql(f"select key, value from params where run_uuid = '{run_id}'"))
-    assert params["preset"] == "tiny" and params["train_images"] == "2048"
+    assert params["preset"] == "cpu" and params["train_images"] == "2048"
     ((logged,),) = stack.sql(f"select count(*) from metrics where run_uuid = '{run_id}' and key = 'g_loss'")
     assert int(logged) >= 2
 
@@ -210,7 +210,7 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
         prepared = gan.prepare_data(data=data)
         train_on_cpu(dataset=prepared.outputs["dataset"], parent_run_id=parent_run_id,  # no FID curve:
                      checkpoint_root=CHECKPOINT_MOUNT, epochs=RETRY_EPOCHS, eval_every=0,  # no evaluator
-                     **TINY)
+                     **QUICK)
 
     data = runner._visible_to_containers(str(mnist_path), root)
     attempt = threading.Thread(target=lambda: train_task(data=data, parent_run_id=parent))
@@ -220,7 +220,7 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     while not list(own.glob("*/ckpt-*.json")) and time.monotonic() < deadline:  # the first epoch's
         time.sleep(0.2)
     (run_dir,) = own.iterdir()
-    first_epoch = TINY["train_images"] // TINY["batch_size"]
+    first_epoch = QUICK["train_images"] // QUICK["batch_size"]
     while (not [m for m in client.get_metric_history(run_dir.name, "d_loss") if m.step > first_epoch]
            and time.monotonic() < deadline):  # into the second epoch: steps logged past the checkpoint
         time.sleep(0.2)

@@ -2,7 +2,8 @@
 post's loop, the data-parallel step on 1, 2, 4 ... of the GPUs JAX sees, then a short real training run.
 
 Run through `benchmarks/gpu_check.sh` (which sets KERAS_BACKEND=jax). `--cpu` is the dry run: tiny
-preset with 1 G step per training step (a third of the graph to compile), few steps, same code path. Writes a JSON report and sample grids under --out.
+preset with 1 G step per training step (a third of the graph to compile), few steps, same code path.
+Writes a JSON report and sample grids under --out.
 """
 
 from __future__ import annotations

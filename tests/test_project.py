@@ -29,14 +29,14 @@ SECRETS = {**FAKE_SECRETS, "AWS_ACCESS_KEY_ID": "FAKE-key-id-Ab12",
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory, mnist_path):
     """The README's first command once, in a pipe as a pod's log or CI sees it: `make run` ->
-    `mlflow run . --env-manager local` -> the MLproject's main, on the tiny preset for 2 epochs (the venv
+    `mlflow run . --env-manager local` -> the MLproject's main, on the cpu preset for 2 epochs (the venv
     is already installed). Yields (tracking URI, work directory, the finished process)."""
     tmp_path = tmp_path_factory.mktemp("main-job")
     env = cli_env(tmp_path, MNIST_GAN_PROGRESS_EVERY_S="0", TF_CPP_MIN_LOG_LEVEL="",
                   MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **SECRETS, **USERNAME)
     mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).create_experiment(
         "project-test", artifact_location=(tmp_path / "artifacts").as_uri())  # not ./mlruns in the checkout
-    params = {"preset": "tiny", "data": mnist_path, "train_images": 256, "batch_size": 64, "log_every": 2,
+    params = {"preset": "cpu", "data": mnist_path, "train_images": 256, "batch_size": 64, "log_every": 2,
               "eval_samples": 500, "epochs": 2, "samples": 500, "checkpoint_dir": tmp_path / "ckpt"}
     cli_params = " ".join(f"-P {name}={value}" for name, value in params.items())
     done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", "run",

@@ -15,7 +15,7 @@ def check_complete_run(client: mlflow.MlflowClient, run_id: str, tmp_path: Path,
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["preset"] == "tiny" and params["epochs"] == str(epochs)
+    assert params["preset"] == "cpu" and params["epochs"] == str(epochs)
     assert set(names(TrainConfig)) <= set(params)
     assert params["backend"] == "tensorflow" and params["compute_precision"] == "float32"
     assert params["accelerator"] == "cpu" and params["version_keras"] == keras.__version__

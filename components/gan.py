@@ -80,8 +80,8 @@ def train_and_evaluate_trial(
 
 
 @dsl.component(base_image=IMAGE)
-def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, parent_run_id: str = "",
-                outcomes: Optional[list] = None,  # noqa: UP045 (kfp reads Optional, not `| None`)
+def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, min_classes_covered: int,
+                parent_run_id: str = "", outcomes: Optional[list] = None,  # noqa: UP045 (kfp reads Optional, not `| None`)
                 ) -> NamedTuple("Winner", training_run_id=str, evaluation_run_id=str):
     """Rank the sweep's trials by the promotion rule (the ranking goes onto the parent run); returns
     the winner's runs. Fails when every trial failed. It runs even when a trial's task failed, so its
@@ -94,7 +94,7 @@ def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, parent
 
     ranking = jobs.rank_trials(parent_run_id, [Trial.from_json(t) for t in trials],
                                [Outcome.from_json(o) for o in outcomes or []],
-                               PromotionRule(min_fid_gain, max_classes_lost))
+                               PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered))
     winner = ranking.winner
     print(f"sweep: trial {winner.trial.index} of {len(trials)} wins (run {winner.training_run_id})")
     return namedtuple("Winner", "training_run_id evaluation_run_id")(winner.training_run_id,
@@ -127,12 +127,15 @@ def evaluate(dataset: Input[Dataset], generator: Input[Model], classifier: Input
 
 
 @dsl.component(base_image=IMAGE)
-def evaluation_gate(evaluation_run_id: str, min_classes_covered: int) -> bool:
-    """True when the evaluated generator covers at least min_classes_covered digit classes."""
+def evaluation_gate(evaluation_run_id: str, min_fid_gain: float, max_classes_lost: int,
+                    min_classes_covered: int) -> bool:
+    """True when the promotion rule admits the evaluated generator at all (the classes it covers)."""
     from training import jobs
+    from training.promotion import PromotionRule
 
-    passes, covered = jobs.passes_gate(evaluation_run_id, min_classes_covered)
-    print(f"evaluation gate: {covered:g} classes covered, needs {min_classes_covered}")
+    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered)
+    passes, why = jobs.passes_gate(evaluation_run_id, rule)
+    print(f"evaluation gate: {'passed' if passes else 'refused'}: {why}")
     return passes
 
 
@@ -146,7 +149,7 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
 
 @dsl.component(base_image=IMAGE)
 def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float, max_classes_lost: int,
-            generator: Input[Model] = None) -> str:
+            min_classes_covered: int, generator: Input[Model] = None) -> str:
     """Move `champion` to this run's version (not whatever `challenger` points at by now, which a
     concurrent run may have moved) if the promotion rule says so; returns the decision as JSON. The
     `generator` artifact, when given, is checked in place; otherwise the version's files are."""
@@ -155,7 +158,7 @@ def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: flo
     from training import jobs
     from training.promotion import PromotionRule
 
-    rule = PromotionRule(min_fid_gain, max_classes_lost)
+    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered)
     decision = jobs.promote(model_name, rule, parent_run_id=parent_run_id, version=version,
                             generator_file=generator and f"{generator.path}/generator.keras").decision
     return json.dumps({"promoted": decision.promote, "reason": decision.reason,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from training.cli import MAIN_JOB_PARAMS, RULE_PARAMS, SWEEP_JOB_PARAMS, WORKERS
+from training.cli import JOB_PARAMS, RULE_PARAMS, WORKERS
 from training.config import JobConfig, Param, TrainConfig, param, params
 
 MLFLOW_TYPES = {"int": "int", "float": "float", "str": "string", "bool": "string"}
@@ -14,11 +14,11 @@ def entry_points(train=TrainConfig, job=JobConfig) -> dict[str, tuple[str, list]
     """Entry point -> (what it does, its parameters); a plain name stands for a required string."""
     return {
         "main": ("prepare data -> train -> evaluate -> register -> promote, nested runs under one parent",
-                 [*params(train), *(param(job, name) for name in MAIN_JOB_PARAMS)]),
+                 [*params(train), *(param(job, name) for name in JOB_PARAMS)]),
         "train": ("train a GAN", params(train)),
         "sweep": (("train the trials of spec (a YAML/JSON file or text, see README), `workers` at a time, "
                    "under one parent run; rank them, register and promote the best"),
-                  ["spec", WORKERS, *params(train), *(param(job, name) for name in SWEEP_JOB_PARAMS)]),
+                  ["spec", WORKERS, *params(train), *(param(job, name) for name in JOB_PARAMS)]),
         "evaluate": ("score a generator (run id, runs:/, models:/ or .keras) against MNIST's test split",
                      ["generator", param(train, "data"), param(job, "samples"), param(train, "seed")]),
         "register": ("register a trained generator as the model's challenger",

@@ -106,6 +106,9 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
         # but for `devices`: the GPUs the training task requests, a cluster setting.
         hyperparameters = {name: value for name, value in locals().items()
                            if name in names(TrainConfig) and name != "data"}
+        # One PromotionRule, asked by the tasks that rank, gate and promote.
+        rule = {"min_fid_gain": min_fid_gain, "max_classes_lost": max_classes_lost,
+                "min_classes_covered": min_classes_covered}
         # Cacheable: the same data gives the same dataset, and so the same evaluator.
         prep = gan.prepare_data(data=data)
         classifier = gan.train_classifier(dataset=prep.outputs["dataset"])
@@ -125,7 +128,7 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                     kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trial=trial, samples=samples,
                     **training).after(opened))
             ranked = gan.rank_trials(parent_run_id=parent, trials=specs, outcomes=dsl.Collected(tried.output),
-                                     min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost)
+                                     **rule)
             ranked.ignore_upstream_failure()  # a trial whose pod died is ranked as failed
             tracked = [opened, tried, ranked]
             training_run, evaluation_run = (ranked.outputs["training_run_id"],
@@ -142,11 +145,11 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
             generator = {"generator": train.outputs["generator"]}
         registered = gan.register(parent_run_id=parent, training_run_id=training_run,
                                   evaluation_run_id=evaluation_run, model_name=model_name)
-        gate = gan.evaluation_gate(evaluation_run_id=evaluation_run, min_classes_covered=min_classes_covered)
+        gate = gan.evaluation_gate(evaluation_run_id=evaluation_run, **rule)
         tracked += [registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
             promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
-                                   min_fid_gain=min_fid_gain, max_classes_lost=max_classes_lost, **generator)
+                                   **rule, **generator)
             tracked.append(promoted)
         for task in [prep, classifier, *tracked]:
             if task is not tracked[1]:  # the training task (or trial) has its own resources

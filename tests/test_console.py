@@ -62,3 +62,26 @@ print(" then after", file=sys.stderr)
     assert done.stderr.splitlines() == [
         "ours: first", "E0000 00:00:1796185641.350 13507 cuda_dnn.cc:8579] a native error stays",
         "ours: last, without a newline then after"]
+
+
+def test_the_main_summary_says_whether_champion_moved_and_why():
+    from types import SimpleNamespace
+
+    from training.cli import summary_lines
+    from training.promotion import Decision
+
+    evaluation = SimpleNamespace(metrics={"fid": 34.87}, reference={"fid": 0.77}, samples=[0] * 10_000)
+    evaluated = SimpleNamespace(evaluation=evaluation, run_id="e1", link="http://mlflow/e1")
+
+    def summary(decision: Decision) -> list[str]:
+        promoted = SimpleNamespace(decision=decision, name="m", dry_run=False, copied_from=None)
+        return summary_lines(SimpleNamespace(run_id="p1", promoted=promoted, evaluated=evaluated))
+
+    moved = summary(Decision(True, "no champion yet", "1", None))
+    assert moved[:3] == ["main: done (run p1)",
+                         "  champion: m version 1; alias 'champion' moved to it (no champion yet)",
+                         "  FID 34.87 on 10,000 samples (real images score 0.77)"]
+    kept = summary(Decision(False, "FID 40 vs champion 30", "2", "1"))
+    assert kept[1] == "  champion: m version 1; alias 'champion' not moved (FID 40 vs champion 30)"
+    none = summary(Decision(False, "1 digit classes covered", "1", None))
+    assert none[1] == "  champion: none for m; version 1 not moved (1 digit classes covered)"

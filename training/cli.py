@@ -35,9 +35,8 @@ COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": 
 VERSION = Param("version", "int", None, "the version to promote (default: the one aliased challenger)",
                 {"min": 1})
 WORKERS = Param("workers", "int", 1, "trials trained at once, each in its own process", {"min": 1, "max": 64})
-MAIN_JOB_PARAMS = ("samples", "model_name", "min_fid_gain", "max_classes_lost")
-SWEEP_JOB_PARAMS = (*MAIN_JOB_PARAMS, "min_classes_covered")
-RULE_PARAMS = ("min_fid_gain", "max_classes_lost")
+RULE_PARAMS = ("min_fid_gain", "max_classes_lost", "min_classes_covered")  # PromotionRule.of(JobConfig)
+JOB_PARAMS = ("samples", "model_name", *RULE_PARAMS)  # main and sweep
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,7 +101,7 @@ def _job_flags(parser, names: tuple[str, ...]):
 
 def _main_flags(parser):
     _train_flags(parser)
-    _job_flags(parser, MAIN_JOB_PARAMS)
+    _job_flags(parser, JOB_PARAMS)
 
 
 def add_sweep_flags(parser, spec_flag: str = "--spec"):
@@ -117,7 +116,7 @@ def _sweep_flags(parser):
     add_sweep_flags(parser)
     add_flag(parser, WORKERS, default=WORKERS.default)
     _train_flags(parser)
-    _job_flags(parser, SWEEP_JOB_PARAMS)
+    _job_flags(parser, JOB_PARAMS)
 
 
 def _evaluate_flags(parser):
@@ -209,7 +208,7 @@ def _promote(args):
     from training.promotion import PromotionRule
 
     job = _job(args)
-    rule = PromotionRule(job.min_fid_gain, job.max_classes_lost)
+    rule = PromotionRule.of(job)
     version = None if args.version is None else str(args.version)
     return lambda: jobs.promote(job.model_name, rule, args.dry_run, args.to_registry_uri, args.to_name,
                                 version=version)
@@ -268,8 +267,10 @@ def promoted_lines(promoted) -> list[str]:
         if promoted.copied_from else []
     if decision.promote:
         verdict = f"{would}promote {promoted.name} version {decision.challenger} to champion"
-    else:
+    elif decision.champion:
         verdict = f"{would}keep the champion (version {decision.champion}), refuse {decision.challenger}"
+    else:
+        verdict = f"{would}refuse {promoted.name} version {decision.challenger} (no champion yet, none made)"
     return [*lines, f"promote{' (dry run)' if promoted.dry_run else ''}: {verdict}: {decision.reason}"]
 
 
@@ -312,11 +313,7 @@ def _sweep_lines(done) -> list[str]:
     winner = done.ranking.winner
     lines += [f"sweep: trial {winner.trial.index} wins (run {winner.training_run_id})",
               registered_line(done.model_name, done.version)]
-    if done.promoted:
-        lines += promoted_lines(done.promoted)
-    else:
-        lines.append("promote: the winner did not pass the evaluation gate (min_classes_covered); "
-                     "the champion stays")
+    lines += promoted_lines(done.promoted)
     return [*lines, f"sweep: run {done.run_id} done; the ranking is in its artifacts under sweep/"]
 
 

@@ -8,6 +8,7 @@
     rollback   -> `champion` back at the version it replaced
     sample     -> generated digits as .npz and a PNG grid
     main       -> train, evaluate, register and promote as nested runs under one parent run
+    register_and_promote -> the end of `main` and of a sweep: register, then promote that version
 
 and, for the Kubeflow pipeline, `prepare_data`, `open_run`, `train_classifier` and `passes_gate`.
 The CLI (and through it the MLproject) and the components each call one job; printing is theirs. Every
@@ -27,6 +28,7 @@ from typing import Any
 
 from training import checkpoint, checks
 from training.config import ConfigError, JobConfig, TrainConfig
+from training.promotion import PromotionRule
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
     return version
 
 
-def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = None,
+def promote(name: str, rule: PromotionRule, dry_run: bool = False, target_uri: str | None = None,
             target_name: str | None = None, parent_run_id: str | None = None, version: str | None = None,
             generator_file: str | None = None) -> Promoted:
     """Gate `version` (default: the challenger) against the champion, in the target registry when one
@@ -249,6 +251,15 @@ def promote(name: str, rule, dry_run: bool = False, target_uri: str | None = Non
             mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
                              "challenger_version": decision.challenger})
     return Promoted(name, decision, dry_run, copied_from)
+
+
+def register_and_promote(training_run_id: str, evaluation_run_id: str, job: JobConfig,
+                         parent_run_id: str | None = None) -> tuple[str, Promoted]:
+    """The end of `main` and of a sweep: register the generator as challenger, then promote that very
+    version by the job's promotion rule; returns (version, Promoted)."""
+    version = register(training_run_id, evaluation_run_id, job.model_name, parent_run_id=parent_run_id)
+    return version, promote(job.model_name, PromotionRule.of(job), parent_run_id=parent_run_id,
+                            version=version)
 
 
 def rollback(name: str) -> tuple[str, str]:
@@ -281,7 +292,6 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
 
     from training import tracking
     from training.data import load_mnist
-    from training.promotion import PromotionRule
 
     checks.artifact_store()
     with tracking.start_run("main") as parent:
@@ -292,9 +302,7 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
         trained = train(config, parent_run_id=parent_id)
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, job.samples,
                              training_run_id=trained.run_id, parent_run_id=parent_id)
-        version = register(trained.run_id, evaluated.run_id, job.model_name, parent_run_id=parent_id)
-        promoted = promote(job.model_name, PromotionRule(job.min_fid_gain, job.max_classes_lost),
-                           parent_run_id=parent_id, version=version)
+        version, promoted = register_and_promote(trained.run_id, evaluated.run_id, job, parent_id)
         mlflow.set_tags({"training_run_id": trained.run_id, "evaluation_run_id": evaluated.run_id,
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(promoted.decision.promote).lower()})
@@ -314,8 +322,7 @@ class SweepResult:
     ranking: Any  # sweep.Ranking
     model_name: str
     version: str
-    passes_gate: bool
-    promoted: Promoted | None  # None: the winner did not pass the evaluation gate
+    promoted: Promoted
 
 
 def run_trial(trial, base: TrainConfig, samples: int, parent_run_id: str, checkpoint_root: str | None = None,
@@ -414,18 +421,16 @@ def rank_trials(parent_run_id: str, trials: list, outcomes: list, rule):
 def sweep(trials: list, base: TrainConfig, job: JobConfig, workers: int = 1,
           on_outcome=lambda outcome: None) -> SweepResult:
     """Run the trials here, `workers` processes at a time, under one parent run; rank them, register
-    the winner and promote it through the evaluation gate (the MLproject's `sweep`)."""
+    the winner and promote it by the job's promotion rule (the MLproject's `sweep`)."""
     checks.training(base)
     import mlflow
 
     from training import tracking
     from training.classifier import load_or_train
     from training.data import load_mnist
-    from training.promotion import PromotionRule
     from training.workers import run_each
 
     checks.artifact_store()
-    rule = PromotionRule(job.min_fid_gain, job.max_classes_lost)
     with tracking.start_run("sweep") as parent:
         parent_id = parent.info.run_id
         with tracking.start_run("prepare-data", parent_id):
@@ -444,15 +449,14 @@ def sweep(trials: list, base: TrainConfig, job: JobConfig, workers: int = 1,
             run_each(run_trial, [(t, base, job.samples, parent_id) for t in trials], workers, Path(logs),
                      on_done=finished)
             mlflow.log_artifacts(logs, "sweep/logs")
-        ranking = rank_trials(parent_id, trials, list(outcomes.values()), rule)
+        ranking = rank_trials(parent_id, trials, list(outcomes.values()), PromotionRule.of(job))
         winner = ranking.winner
-        version = register(winner.training_run_id, winner.evaluation_run_id, job.model_name, parent_id)
-        passes, _ = passes_gate(winner.evaluation_run_id, job.min_classes_covered)
-        promoted = promote(job.model_name, rule, parent_run_id=parent_id, version=version) if passes else None
+        version, promoted = register_and_promote(winner.training_run_id, winner.evaluation_run_id, job,
+                                                 parent_id)
         mlflow.set_tags({"winner_trial": str(winner.trial.index), "training_run_id": winner.training_run_id,
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(bool(promoted and promoted.decision.promote)).lower()})
-    return SweepResult(parent_id, ranking, job.model_name, version, passes, promoted)
+    return SweepResult(parent_id, ranking, job.model_name, version, promoted)
 
 
 def _recorded_outcome(client, parent_run_id: str, trial):
@@ -534,13 +538,13 @@ def train_classifier(dataset: str, classifier_out: str) -> float:
     return classifier.test_accuracy
 
 
-def passes_gate(evaluation_run_id: str, min_classes_covered: int) -> tuple[bool, float]:
-    """Whether the evaluated generator covers at least `min_classes_covered` digit classes; returns
-    (passes, classes covered)."""
+def passes_gate(evaluation_run_id: str, rule: PromotionRule) -> tuple[bool, str]:
+    """Whether the promotion rule admits the evaluated generator at all (its class coverage), and why."""
     import mlflow
 
-    covered = mlflow.MlflowClient().get_run(evaluation_run_id).data.metrics["classes_covered"]
-    return covered >= min_classes_covered, covered
+    from training import registry
+
+    return rule.admits(registry.evaluation_metrics(mlflow.MlflowClient(), evaluation_run_id))
 
 
 def _copy(source: Path, target: Path) -> None:

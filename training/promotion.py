@@ -16,6 +16,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import config
+from training.config import JobConfig
+
 LOCK_STALE_S = 300  # a promotion lock older than this was left by a killed process and is broken
 # What MLflow answers to the creation of a lock another promotion holds: "already exists", or, when
 # that holder releases it at the same moment, "does not exist" (the store looks the existing model up
@@ -25,15 +28,38 @@ CONTENTION = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 @dataclass(frozen=True)
 class PromotionRule:
-    """Promote when the challenger's FID is lower than the champion's by more than `min_fid_gain`, and
-    it covers at least as many classes minus `max_classes_lost` (defaults: JobConfig's)."""
+    """The whole promotion policy, one object for every path that can move `champion` (main, promote,
+    sweep, pipeline): a challenger must cover at least `min_classes_covered` digit classes to be
+    promoted at all; against a champion, its FID must be lower by more than `min_fid_gain`, and it may
+    cover at most `max_classes_lost` classes fewer. The three are JobConfig's parameters, with its
+    bounds (a rule out of them is refused); `PromotionRule.of(job)` is the rule of a job."""
 
     min_fid_gain: float
     max_classes_lost: int
+    min_classes_covered: int
+
+    def __post_init__(self) -> None:
+        for name in ("min_fid_gain", "max_classes_lost", "min_classes_covered"):
+            config.check(config.param(JobConfig, name), getattr(self, name))
+
+    @classmethod
+    def of(cls, job: JobConfig) -> PromotionRule:
+        return cls(job.min_fid_gain, job.max_classes_lost, job.min_classes_covered)
+
+    def admits(self, challenger: dict[str, float]) -> tuple[bool, str]:
+        """Whether the challenger covers enough classes to be promoted at all, champion or not."""
+        covered = challenger["classes_covered"]
+        if covered < self.min_classes_covered:
+            return False, (f"{covered:g} digit classes covered, needs {self.min_classes_covered} "
+                           "to be promoted at all (min_classes_covered)")
+        return True, f"{covered:g} digit classes covered (needs {self.min_classes_covered})"
 
     def decide(self, challenger: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
+        admitted, why = self.admits(challenger)
+        if not admitted:
+            return False, why
         if champion is None:
-            return True, "no champion yet: the first evaluated model becomes champion"
+            return True, f"no champion yet: the first evaluated model becomes champion; {why}"
         if challenger["samples"] != champion["samples"]:
             return False, (f"not comparable: evaluated on {challenger['samples']:g} samples, the champion "
                            f"on {champion['samples']:g} (evaluate both with the same N)")

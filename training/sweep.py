@@ -177,13 +177,15 @@ def rank(outcomes: list[Outcome], evaluations: dict[str, dict[str, float]], rule
          swept: list[str]) -> Ranking:
     """The winner is the trial the promotion rule leaves as champion when the finished trials are
     promoted one after another, worst FID first: a lower FID wins only by the rule's margin and
-    without losing more classes than it allows, exactly as against the registry's champion."""
+    without losing more classes than it allows, exactly as against the registry's champion. A trial
+    covering too few classes to be promoted at all holds the lead only until one with a lower FID comes."""
     finished = sorted((o for o in outcomes if o.status == "finished"),
                       key=lambda o: evaluations[o.evaluation_run_id]["fid"])
     winner = None
     for outcome in reversed(finished):
         challenger = evaluations[outcome.evaluation_run_id]
-        if winner is None or rule.decide(challenger, evaluations[winner.evaluation_run_id])[0]:
+        leader = winner and evaluations[winner.evaluation_run_id]
+        if leader is None or not rule.admits(leader)[0] or rule.decide(challenger, leader)[0]:
             winner = outcome
     rows = []
     for place, outcome in enumerate(finished + [o for o in outcomes if o.status != "finished"], start=1):

@@ -50,7 +50,7 @@ def test_a_version_whose_files_were_modified_or_lost_is_refused_and_not_loaded(l
 
     for version, why in (("1", "does not match"), ("2", "has no artifacts/generator.keras")):
         out = lab.cli("promote", "--name", name, "--version", version).stdout
-        assert "keep the champion" in out
+        assert f"refuse {name} version {version} (no champion yet, none made)" in out
         tags = version_tags(lab, name, version)
         assert tags["promotion.decision"] == "refused" and why in tags["promotion.reason"]
     failed = lab.cli("sample", "--model-uri", f"models:/{name}/1", "--out", str(tmp_path / "s.npz"), expect=1)

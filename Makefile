@@ -73,7 +73,7 @@ lock: install
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints
 
-# Serve the champion on http://127.0.0.1:5000 (POST /invocations, see README).
+# Serve the champion on http://127.0.0.1:5000 (POST /invocations, see docs/MLFLOW.md).
 MODEL_URI ?= models:/mnist-gan-generator@champion
 serve: install
 	PATH="$(BIN):$$PATH" $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5000

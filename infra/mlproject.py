@@ -16,8 +16,8 @@ def entry_points(train=TrainConfig, job=JobConfig) -> dict[str, tuple[str, list]
         "main": ("prepare data -> train -> evaluate -> register -> promote, nested runs under one parent",
                  [*params(train), *(param(job, name) for name in JOB_PARAMS)]),
         "train": ("train a GAN", params(train)),
-        "sweep": (("train the trials of spec (a YAML/JSON file or text, see README), `workers` at a time, "
-                   "under one parent run; rank them, register and promote the best"),
+        "sweep": (("train the trials of spec (a YAML/JSON file or text, see docs/SWEEPS.md), `workers` at "
+                   "a time, under one parent run; rank them, register and promote the best"),
                   ["spec", WORKERS, *params(train), *(param(job, name) for name in JOB_PARAMS)]),
         "evaluate": ("score a generator (run id, runs:/, models:/ or .keras) against MNIST's test split",
                      ["generator", param(train, "data"), param(job, "samples"), param(train, "seed")]),

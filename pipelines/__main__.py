@@ -34,7 +34,7 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
                          help="PersistentVolumeClaim for checkpoints, kept across runs (default: the "
                               "pipeline run's workspace, kept for retries)")
     cluster.add_argument("--secret", default="mnist-gan-tracking",
-                         help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see README)")
+                         help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see docs/KUBEFLOW.md)")
     add_sweep_flags(cluster, "--sweep")
     add_flag(cluster, PARALLELISM, default=PARALLELISM.default)
     arguments = Parser(add_help=False)

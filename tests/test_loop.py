@@ -135,7 +135,7 @@ def test_a_time_budget_ends_the_run_like_its_last_epoch_and_resume_counts_time_s
     assert [m.step for m in client.get_metric_history(first["run_id"], "curve/fid")] == [1]
     registered = client.get_model_version_by_alias("mnist-gan-generator", "challenger").tags
     assert registered["training_run_id"] == first["run_id"], "evaluated and registered after the budget"
-    assert registered["promotion.decision"] == "refused", "the promotion rule asked: 1 step covers few classes"
+    assert registered["promotion.decision"] == "refused", "the rule asked: 1 step covers few classes"
 
     again = _train(tmp_path, mnist_path, "--epochs", "100", *CURVE, *budget, "--checkpoint-dir", "ckpt",
                    "--resume")

@@ -14,10 +14,11 @@ from pathlib import Path
 from training import checkpoint
 from training.config import ConfigError, TrainConfig
 from training.data import check_readable
+from training.mlflow_env import EXPERIMENT, without_credentials
 
 
 @functools.cache
-def training(config: TrainConfig) -> None:
+def before_training(config: TrainConfig) -> None:
     """Several devices only on JAX and only as many as it sees, readable data, and when resuming, a
     checkpoint trained with the same parameters."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -79,12 +80,6 @@ def _answers(uri: str, timeout_s: float = 5.0) -> None:
                           "MLFLOW_TRACKING_URI") from None
 
 
-def without_credentials(uri: str) -> str:
-    """The URI with any user:password@ taken out of its address, fit to print or to store."""
-    parsed = urllib.parse.urlparse(uri)
-    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
-
-
 def artifact_store() -> None:
     """When the experiment's artifacts go to an S3 bucket, it must be reachable with this process's
     credentials (MLflow would fail only when logging, after training). The error names the endpoint
@@ -101,11 +96,9 @@ def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
     MLFLOW_EXPERIMENT_ID once it has chosen it, which must not make this check run again)."""
     import mlflow
 
-    from training import tracking
-
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     experiment = (mlflow.get_experiment(experiment_id) if experiment_id
-                  else mlflow.set_experiment(tracking.EXPERIMENT))
+                  else mlflow.set_experiment(EXPERIMENT))
     location = urllib.parse.urlparse(experiment.artifact_location)
     if location.scheme != "s3":
         return

@@ -160,7 +160,7 @@ def _train(args):
     from training import jobs
 
     config = TrainConfig.from_dict(given(args, TrainConfig))
-    checks.training(config)
+    checks.before_training(config)
     return lambda: jobs.train(config)
 
 
@@ -168,7 +168,7 @@ def _main(args):
     from training import jobs
 
     config, job = TrainConfig.from_dict(given(args, TrainConfig)), _job(args)
-    checks.training(config)
+    checks.before_training(config)
     return lambda: jobs.main(config, job)
 
 
@@ -177,7 +177,7 @@ def _sweep(args):
 
     base, job = TrainConfig.from_dict(given(args, TrainConfig)), _job(args)
     trials = sweep.load(args.spec, args.axes, base)
-    checks.training(base)
+    checks.before_training(base)
 
     def progress(outcome) -> None:
         what = ", ".join(f"{k}={v}" for k, v in outcome.trial.values.items())

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training import checkpoint, checks
+from training import checkpoint, checks, mlflow_env
 from training.config import ConfigError, JobConfig, TrainConfig
 from training.promotion import PromotionRule
 
@@ -86,7 +86,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
             Path(checkpoint_root) / config.checkpoint_dir,
             (parent_run_id or "local") + (f"-trial-{trial}" if trial else ""), config.resume)
         config = config.replace(checkpoint_dir=str(own_dir), resume=resume)
-    checks.training(config)
+    checks.before_training(config)
     from training.data import load_mnist, to_unit_range
 
     mnist = load_mnist(config.data)
@@ -125,7 +125,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
         with tempfile.TemporaryDirectory() as tmp:
             generator_file = tracking.log_final(result, Path(tmp))
             model_id = registry.log_generator(generator_file)
-            link = tracking.run_link(run.info.run_id)
+            link = mlflow_env.run_link(run.info.run_id)
             trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), link)
             mlflow.log_metrics({f"final_{k}": v for k, v in trained.last_metrics().items()},
                                model_id=model_id, dataset=tracking.training_dataset(mnist, num_images))
@@ -195,7 +195,7 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
             for out, name in ((report_html, "report.html"), (report_md, "report.md")):
                 if out:
                     _copy(Path(tmp) / name, Path(out))
-    return Evaluated(run.info.run_id, result, tracking.run_link(run.info.run_id))
+    return Evaluated(run.info.run_id, result, mlflow_env.run_link(run.info.run_id))
 
 
 def register(training_run_id: str, evaluation_run_id: str, name: str,
@@ -287,7 +287,7 @@ def sample(model_uri: str, n: int, seed: int, out: Path) -> Path:
 
 def main(config: TrainConfig, job: JobConfig) -> MainResult:
     """train -> evaluate -> register -> promote, nested under one parent run (the MLproject's main)."""
-    checks.training(config)
+    checks.before_training(config)
     import mlflow
 
     from training import tracking
@@ -422,7 +422,7 @@ def sweep(trials: list, base: TrainConfig, job: JobConfig, workers: int = 1,
           on_outcome=lambda outcome: None) -> SweepResult:
     """Run the trials here, `workers` processes at a time, under one parent run; rank them, register
     the winner and promote it by the job's promotion rule (the MLproject's `sweep`)."""
-    checks.training(base)
+    checks.before_training(base)
     import mlflow
 
     from training import tracking

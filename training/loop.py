@@ -91,59 +91,59 @@ def train(config: TrainConfig, train_images: np.ndarray, tracker: Tracker | None
     grid_dir = checkpoint_dir / "grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
     judge = judge if config.eval_every else None
-    progress = _Progress(config, checkpoint_dir, len(train_images), gan.initial_state())
+    run = _RunState(config, checkpoint_dir, len(train_images), gan.initial_state())
     if config.resume:
-        progress.restore(checkpoint_dir)
-    state = gan.parallel.replicate(progress.state)
+        run.restore(checkpoint_dir)
+    state = gan.parallel.replicate(run.state)
     device_images = gan.parallel.replicate(keras.ops.convert_to_tensor(train_images))
     z_grid = latents(GRID_SAMPLES, config.z_dim, seed=(config.seed, 2**31))  # the same points all run
     steps = steps_per_epoch(len(train_images), config.batch_size, config.n_iter_d)
 
     with _SigtermFlag() as sigterm:
-        if config.resume and (limit := progress.limit_reached()):
-            return progress.result(gan, state, limit)
-        for epoch in range(progress.epoch, config.epochs):
+        if config.resume and (limit := run.limit_reached()):
+            return run.result(gan, state, limit)
+        for epoch in range(run.epoch, config.epochs):
             batches = epoch_batches(len(train_images), config.batch_size, config.n_iter_d, config.seed, epoch)
             display = Progress(epoch + 1, config.epochs, steps, METRICS + ("images_per_sec",),
-                               first_step=progress.step_in_epoch, budget_ends=progress.budget_ends())
+                               first_step=run.step_in_epoch, budget_ends=run.budget_ends())
             window = _Window(config.batch_size * config.n_iter_d)
-            for i in range(progress.step_in_epoch, steps):
+            for i in range(run.step_in_epoch, steps):
                 state, metrics = step_fn(state, device_images, batches[i])
-                progress.global_step += 1
+                run.global_step += 1
                 window.add(metrics)
                 last_of_epoch = i + 1 == steps
-                limit = progress.limit_reached()
+                limit = run.limit_reached()
                 stopping = limit or sigterm.is_set()
-                if progress.global_step % config.log_every == 0 or last_of_epoch or stopping:
-                    values = window.flush(progress.global_step)
-                    progress.record(values, progress.global_step)
+                if run.global_step % config.log_every == 0 or last_of_epoch or stopping:
+                    values = window.flush(run.global_step)
+                    run.record(values, run.global_step)
                     if tracker:
-                        tracker.log_step(progress.global_step, values)
+                        tracker.log_step(run.global_step, values)
                     display.update(i + 1, values, last=last_of_epoch or bool(stopping))
                 if sigterm.is_set() or (limit and not last_of_epoch):
                     if judge and not sigterm.is_set():  # the end of the run: its last curve point
-                        _score(progress, gan, state, judge, tracker, round(epoch + (i + 1) / steps, 2))
-                    progress.save(state, epoch, i + 1, run_id)
+                        _score(run, gan, state, judge, tracker, round(epoch + (i + 1) / steps, 2))
+                    run.save(state, epoch, i + 1, run_id)
                     if sigterm.is_set():
-                        raise Preempted(f"SIGTERM at step {progress.global_step}: checkpoint written "
+                        raise Preempted(f"SIGTERM at step {run.global_step}: checkpoint written "
                                         f"to {checkpoint_dir}; rerun with --resume to continue")
-                    return progress.result(gan, state, limit)
-            progress.epoch, progress.step_in_epoch = epoch + 1, 0
+                    return run.result(gan, state, limit)
+            run.epoch, run.step_in_epoch = epoch + 1, 0
             grid_path = _save_grid(gan, state, z_grid, grid_dir / f"epoch_{epoch + 1:04d}.png", epoch)
-            progress.grid_paths.append(grid_path)
-            epoch_metrics = progress.epoch_summary()
+            run.grid_paths.append(grid_path)
+            epoch_metrics = run.epoch_summary()
             if tracker:
                 tracker.log_epoch(epoch + 1, epoch_metrics, grid_path)
             if judge and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs or limit):
-                _score(progress, gan, state, judge, tracker, epoch + 1)
-            progress.save(state, epoch + 1, 0, run_id)
+                _score(run, gan, state, judge, tracker, epoch + 1)
+            run.save(state, epoch + 1, 0, run_id)
             if limit:
-                return progress.result(gan, state, limit)
-    return progress.result(gan, state, "epochs")
+                return run.result(gan, state, limit)
+    return run.result(gan, state, "epochs")
 
 
-def _score(progress: _Progress, gan: Gan, state, judge: Judge, tracker: Tracker | None, epoch: float) -> None:
-    point = progress.score(gan, state, judge, epoch)
+def _score(run: _RunState, gan: Gan, state, judge: Judge, tracker: Tracker | None, epoch: float) -> None:
+    point = run.score(gan, state, judge, epoch)
     if tracker:
         tracker.log_curve(point["step"], {k: v for k, v in point.items() if k not in ("step", "epoch")})
 
@@ -180,7 +180,7 @@ class _Window:
 
 
 @dataclass
-class _Progress:
+class _RunState:
     """Where the run stands, and everything a checkpoint must carry to continue it exactly."""
 
     config: TrainConfig

@@ -16,12 +16,12 @@ import mlflow
 
 from training.config import TrainConfig
 from training.data import Mnist
+from training.mlflow_env import EXPERIMENT
 from training.outbox import Outbox
 
 if TYPE_CHECKING:
     from training.loop import TrainResult
 
-EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnist-gan")
 JOURNAL = "tracking-journal.jsonl"  # in the run's checkpoint folder: what MLflow has not received yet
 MAX_TAG = 5000  # characters of a tag value MLflow stores
 CURVE = "curve"  # the FID curve's metrics (curve/fid, curve/raw_fid, ...), at the step they were scored
@@ -220,17 +220,3 @@ def log_ranking(ranking, swept: list[str]) -> None:
     finished = [row for row in ranking.rows if row["status"] == "finished"]
     mlflow.log_metrics({"trials_finished": len(finished), "trials_failed": len(ranking.rows) - len(finished)}
                        | ({"best_fid": finished[0]["fid"]} if finished else {}))
-
-
-def run_link(run_id: str) -> str:
-    """Where a person opens the run: its page on an http(s) tracking server, else runs:/<id>."""
-    import urllib.parse
-
-    from training.checks import without_credentials
-
-    uri = mlflow.get_tracking_uri()
-    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
-        return f"runs:/{run_id}"
-    shown = without_credentials(uri)
-    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
-    return f"{shown.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -115,7 +115,7 @@ def _imported_modules(path: Path) -> list[str]:
 
 
 def test_training_imports_nothing_from_components_or_pipelines():
-    for path in sorted((ROOT / "training").glob("*.py")):
+    for path in sorted((ROOT / "training").rglob("*.py")):
         outside = [m for m in _imported_modules(path) if m.split(".")[0] in ("components", "pipelines")]
         assert not outside, f"{path.name} imports {outside}"
 

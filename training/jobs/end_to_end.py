@@ -1,0 +1,45 @@
+"""The main job: train, evaluate, register and promote as nested runs under one parent run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from training import checks
+from training.config import JobConfig, TrainConfig
+from training.data import load_mnist
+from training.jobs.evaluation_run import Evaluated, evaluate
+from training.jobs.release import Promoted, register_and_promote
+from training.jobs.training_run import Trained, train
+
+
+@dataclass(frozen=True)
+class MainResult:
+    run_id: str
+    trained: Trained
+    evaluated: Evaluated
+    version: str
+    promoted: Promoted
+
+
+def main(config: TrainConfig, job: JobConfig) -> MainResult:
+    """train -> evaluate -> register -> promote, nested under one parent run (the MLproject's main)."""
+    checks.before_training(config)
+    import mlflow
+
+    from training import tracking
+
+    checks.artifact_store()
+    with tracking.start_run("main") as parent:
+        parent_id = parent.info.run_id
+        with tracking.start_run("prepare-data", parent_id):
+            mnist = load_mnist(config.data)
+            tracking.log_dataset(mnist, config.train_images or len(mnist.x_train))
+        trained = train(config, parent_run_id=parent_id)
+        evaluated = evaluate(f"runs:/{trained.run_id}", config.data, job.samples,
+                             training_run_id=trained.run_id, parent_run_id=parent_id)
+        version, promoted = register_and_promote(trained.run_id, evaluated.run_id, job, parent_id)
+        mlflow.set_tags({"training_run_id": trained.run_id, "evaluation_run_id": evaluated.run_id,
+                         "registered_model": job.model_name, "registered_version": version,
+                         "promoted": str(promoted.decision.promote).lower()})
+        mlflow.log_metrics(evaluated.evaluation.metrics)
+    return MainResult(parent_id, trained, evaluated, version, promoted)

@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from training.cli import Command, Parser, add_flag, add_sweep_flags, main
+from training.cli import Command, main
 from training.config import ConfigError, Param
+from training.flags import Parser, add_flag, add_sweep_flags
 
 GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task; it trains data-parallel on all "
                   "of them (JAX image)", {"min": 1, "max": 64})

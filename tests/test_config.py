@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from tests.conftest import ROOT
-from training.cli import add_flag
 from training.config import PRESET_RECIPES, ConfigError, JobConfig, TrainConfig, param, params, parse
+from training.flags import add_flag
 
 BAD_VALUES = [
     ("epochs", 0, "epochs must be in [1, inf]"),

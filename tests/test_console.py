@@ -67,8 +67,8 @@ print(" then after", file=sys.stderr)
 def test_the_main_summary_says_whether_champion_moved_and_why():
     from types import SimpleNamespace
 
-    from training.cli import summary_lines
     from training.promotion import Decision
+    from training.summaries import summary_lines
 
     evaluation = SimpleNamespace(metrics={"fid": 34.87}, reference={"fid": 0.77}, samples=[0] * 10_000)
     evaluated = SimpleNamespace(evaluation=evaluation, run_id="e1", link="http://mlflow/e1")

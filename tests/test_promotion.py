@@ -111,7 +111,7 @@ def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion):
     import mlflow
 
     from components import gan
-    from training import cli, jobs
+    from training import jobs, summaries
     from training.config import JobConfig
 
     def model(path: str) -> str:
@@ -140,7 +140,7 @@ def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion):
         name = model("main-and-sweep")
         _, promoted = jobs.register_and_promote(lab.collapsed_run, lab.collapsed_eval,
                                                 JobConfig(model_name=name), parent.info.run_id)
-        said = cli.promoted_lines(promoted)
+        said = summaries.promoted_lines(promoted)
         assert len(said) == 1 and COLLAPSED_REFUSED in said[0], said
         assert champion_stays(name)
 

@@ -80,10 +80,11 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, mnist_path):
-    """One tracking database with a trained and a collapsed generator, each evaluated (tests/lab.py)."""
+    """One tracking database with a trained and a collapsed generator, each evaluated
+    (tests/support/two_generators.py)."""
     import mlflow
 
-    from tests.lab import open_lab
+    from tests.support.two_generators import open_lab
 
     yield open_lab(tmp_path_factory.mktemp("lab"), mnist_path)
     mlflow.set_tracking_uri(None)

@@ -1,6 +1,6 @@
 """training/adam.py's hand-written Adam takes the same steps as keras.optimizers.Adam, on TensorFlow and JAX.
 
-For each backend (a subprocess, as KERAS_BACKEND is fixed per process), tests/adam_steps.py runs both
+For each backend (a subprocess, as KERAS_BACKEND is fixed per process), tests/support/adam_steps.py runs both
 optimizers for 5 steps from the same seeded float32 parameters of three shapes with the same seeded
 gradients, at the seed's recipe (lr 2e-4, beta_1 0.5) and at lr 1e-2, beta_1 0.9; the parameters must agree
 after every step. Keras is given beta_2=0.999 and epsilon=1e-7 explicitly, while training/adam.py is built as
@@ -38,7 +38,7 @@ def _agrees(run: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> b
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_hand_written_adam_matches_keras_adam(backend, tmp_path):
     out = tmp_path / "steps.npz"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "adam_steps.py"), str(out)], check=True,
+    subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "adam_steps.py"), str(out)], check=True,
                    env=cli_env(tmp_path, backend=backend), timeout=300, cwd=tmp_path)
     with np.load(out) as saved:
         start = [saved[f"start_{i}"] for i in range(TENSORS)]

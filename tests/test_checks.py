@@ -14,7 +14,7 @@ import pytest
 
 from infra.local_stack import mlflow_server, s3_server
 from tests.conftest import QUICK, cli_env
-from tests.tracked_run import check_complete_run
+from tests.support.tracked_run import check_complete_run
 
 COUNTING_MAIN = """
 import json, sys, urllib.request

@@ -16,8 +16,17 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import run_cli
-from tests.container_stack import BUCKET, HOSTS, IMAGE, SERVER_IMAGE, engine, logs, run_args, tracking_stack
-from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
+from tests.support.container_stack import (
+    BUCKET,
+    HOSTS,
+    IMAGE,
+    SERVER_IMAGE,
+    engine,
+    logs,
+    run_args,
+    tracking_stack,
+)
+from tests.support.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import JobConfig
 from training.data import file_sha256
 

@@ -44,9 +44,9 @@ def _same_update(saved, run: str) -> bool:
 
 
 def _on_virtual_devices(mode: str, out, mnist_path, tmp_path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_runs.py"), mode, str(mnist_path),
-                    str(out)], check=True, env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300,
-                   cwd=tmp_path)
+    script = ROOT / "tests" / "support" / "data_parallel_runs.py"
+    subprocess.run([sys.executable, str(script), mode, str(mnist_path), str(out)], check=True,
+                   env=cli_env(tmp_path, **VIRTUAL_DEVICES), timeout=300, cwd=tmp_path)
 
 
 @pytest.mark.slow

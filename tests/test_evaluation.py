@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.lab import USES_LAB
+from tests.support.two_generators import USES_LAB
 from training.metrics import HEADLINE, LOWER_IS_BETTER
 
 pytestmark = USES_LAB

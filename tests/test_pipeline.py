@@ -10,7 +10,7 @@ import yaml
 
 from pipelines.mnist_gan import SECRET_ENV
 from tests.conftest import run_cli
-from tests.kfp_api import KfpApi
+from tests.support.kfp_api import KfpApi
 
 TRACKED_TASKS = {"open-mlflow-run", "train-gan", "evaluate", "evaluation-gate", "register", "promote"}
 CACHED_TASKS = {"prepare-data", "train-classifier"}

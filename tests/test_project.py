@@ -14,8 +14,8 @@ import mlflow
 import pytest
 
 from tests.conftest import ROOT, cli_env
-from tests.secrets_scan import FAKE_SECRETS, USERNAME, leaks
-from tests.tracked_run import check_complete_run
+from tests.support.secrets_scan import FAKE_SECRETS, USERNAME, leaks
+from tests.support.tracked_run import check_complete_run
 from training.config import JobConfig
 
 THIRD_PARTY = re.compile(r"mlflow\.(system_metrics|store)|cpu_feature_guard|oneDNN|absl::|UserWarning|"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab import champion, cli_process, evaluation_run, version_tags
+from tests.support.two_generators import champion, cli_process, evaluation_run, version_tags
 from training.config import JobConfig
 from training.promotion import PromotionRule
 

@@ -12,7 +12,7 @@ import mlflow
 
 from infra.local_stack import free_port
 from tests.conftest import cli_env
-from tests.lab import USES_LAB, champion, copy_of_the_trained_generator, version_tags
+from tests.support.two_generators import USES_LAB, champion, copy_of_the_trained_generator, version_tags
 
 pytestmark = USES_LAB
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.lab import USES_LAB
+from tests.support.two_generators import USES_LAB
 
 pytestmark = USES_LAB
 

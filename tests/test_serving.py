@@ -11,7 +11,7 @@ import numpy as np
 
 from infra.local_stack import background, free_port, on_free_ports, wait_until
 from tests.conftest import cli_env
-from tests.lab import USES_LAB, post
+from tests.support.two_generators import USES_LAB, post
 
 pytestmark = USES_LAB
 

@@ -14,7 +14,7 @@ METRICS = ("d_loss", "g_loss", "d_accuracy", "d_real", "d_fake")
 
 
 def _one_step(backend: str, *args: str, tmp_path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "tests" / "one_step.py"), *args], check=True,
+    subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "one_step.py"), *args], check=True,
                    env=cli_env(tmp_path, backend=backend), timeout=300, cwd=tmp_path)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, cli_env, run_cli
-from tests.worker_calls import square_or_die
+from tests.support.worker_calls import square_or_die
 from training import classifier, sweep, workers
 from training.config import ConfigError, TrainConfig
 from training.data import file_sha256, load_mnist

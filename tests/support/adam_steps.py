@@ -1,7 +1,7 @@
 """Run the hand-written Adam and `keras.optimizers.Adam` side by side on the backend KERAS_BACKEND names
 (a subprocess of test_adam).
 
-    python tests/adam_steps.py OUT.npz
+    python tests/support/adam_steps.py OUT.npz
 
 OUT.npz holds, for each case in CASES, the parameters after every step from Keras ("keras"), from
 training/adam.py ("hand"), and from training/adam.py with epsilon ten times too large ("wrong", which the

@@ -1,7 +1,7 @@
 """Run one compiled training step on the backend KERAS_BACKEND names (a subprocess of test_step).
 
-    python tests/one_step.py init OUT.npz         # seeded tiny GAN state and inputs
-    python tests/one_step.py step IN.npz OUT.npz  # one Gan.update from them: new state and metrics
+    python tests/support/one_step.py init OUT.npz         # seeded tiny GAN state and inputs
+    python tests/support/one_step.py step IN.npz OUT.npz  # one Gan.update from them: new state and metrics
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 devices).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 KERAS_BACKEND=jax \
-        python tests/data_parallel_runs.py step MNIST.npz OUT.npz     # one step on 1 and on 4 devices
-        python tests/data_parallel_runs.py resume MNIST.npz OUT.json  # 3 steps on 2 devices, resumed on 1
+        python tests/support/data_parallel_runs.py step MNIST.npz OUT.npz     # 1 step on 1 and on 4 devices
+        python tests/support/data_parallel_runs.py resume MNIST.npz OUT.json  # 3 steps on 2, resumed on 1
 
 `step` takes one compiled training step on 1 and on 4 devices, from the same seeded GAN of preset cpu and
 the same real digits. OUT.npz holds, for each run in RUNS, the state's leaves before and after the step

@@ -53,7 +53,7 @@ lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks
 	$(BIN)/hadolint infra/docker/*Dockerfile infra/containers/*.Dockerfile
 
-# Every CPU benchmark (about 35 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
+# Every CPU benchmark (about 93 min on 2 AVX2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
 # BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving picks some (serving needs jobs' model).
 BENCH_DATA ?= $(or $(MNIST_GAN_TEST_DATA),https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
 BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving

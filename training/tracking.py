@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from training.config import TrainConfig
-from training.data import Mnist
+from training.data import Mnist, load_mnist
 from training.mlflow_env import EXPERIMENT
 from training.outbox import Outbox
 
@@ -58,6 +58,17 @@ class MlflowTracker:
     def close(self) -> None:
         """Wait (MNIST_GAN_TRACKING_WAIT_S, default 600 s) for whatever an outage held back."""
         self.outbox.close(float(os.environ.get("MNIST_GAN_TRACKING_WAIT_S", "600")))
+
+
+@contextlib.contextmanager
+def start_job_run(name: str, config: TrainConfig):
+    """The parent run `name` of a job that trains (main, a sweep), its dataset logged first by a nested
+    `prepare-data` run; yields (the parent's run id, the loaded MNIST)."""
+    with start_run(name) as parent:
+        with start_run("prepare-data", parent.info.run_id):
+            mnist = load_mnist(config.data)
+            log_dataset(mnist, config.train_images or len(mnist.x_train))
+        yield parent.info.run_id, mnist
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from training import checks
 from training.config import JobConfig, TrainConfig
-from training.data import load_mnist
 from training.jobs.evaluation_run import Evaluated, evaluate
 from training.jobs.release import Promoted, register_and_promote
 from training.jobs.training_run import Trained, train
@@ -29,11 +28,7 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
     from training import tracking
 
     checks.artifact_store()
-    with tracking.start_run("main") as parent:
-        parent_id = parent.info.run_id
-        with tracking.start_run("prepare-data", parent_id):
-            mnist = load_mnist(config.data)
-            tracking.log_dataset(mnist, config.train_images or len(mnist.x_train))
+    with tracking.start_job_run("main", config) as (parent_id, _):
         trained = train(config, parent_run_id=parent_id)
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, job.samples,
                              training_run_id=trained.run_id, parent_run_id=parent_id)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from training import checkpoint, checks
 from training.config import JobConfig, TrainConfig
-from training.data import load_mnist
 from training.jobs.evaluation_run import evaluate
 from training.jobs.release import Promoted, register_and_promote
 from training.jobs.training_run import train
@@ -50,11 +49,7 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
     from training.classifier import load_or_train
 
     checks.artifact_store()
-    with tracking.start_run("sweep") as parent:
-        parent_id = parent.info.run_id
-        with tracking.start_run("prepare-data", parent_id):
-            mnist = load_mnist(base.data)
-            tracking.log_dataset(mnist, base.train_images or len(mnist.x_train))
+    with tracking.start_job_run("sweep", base) as (parent_id, mnist):
         load_or_train(mnist)  # once, before the trials look it up in the cache
         mlflow.log_params({"trials": len(trials), "workers": workers, "samples": job.samples})
         mlflow.log_dict({"trials": [t.values for t in trials]}, "sweep/trials.json")

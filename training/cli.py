@@ -22,13 +22,14 @@ from training.checkpoint import CheckpointError, Preempted
 from training.config import MAX_SAMPLES, ConfigError, JobConfig, Param, TrainConfig, param, params
 from training.data import DataError
 from training.flags import EXIT_USAGE, Parser, add_flag, add_sweep_flags, given
+from training.promotion import PromotionRule
 
 EXIT_FAILED, EXIT_PREEMPTED = 1, 143
 COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": MAX_SAMPLES})
 VERSION = Param("version", "int", None, "the version to promote (default: the one aliased challenger)",
                 {"min": 1})
 WORKERS = Param("workers", "int", 1, "trials trained at once, each in its own process", {"min": 1, "max": 64})
-RULE_PARAMS = ("min_fid_gain", "max_classes_lost", "min_classes_covered")  # PromotionRule.of(JobConfig)
+RULE_PARAMS = PromotionRule.parameters()
 JOB_PARAMS = ("samples", "model_name", *RULE_PARAMS)  # main and sweep
 
 
@@ -148,7 +149,6 @@ def _promote_flags(parser):
 
 def _promote(args):
     from training import jobs
-    from training.promotion import PromotionRule
 
     job = _job(args)
     rule = PromotionRule.of(job)

@@ -9,6 +9,7 @@ champion the rule picks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import sys
 import time
@@ -39,12 +40,17 @@ class PromotionRule:
     min_classes_covered: int
 
     def __post_init__(self) -> None:
-        for name in ("min_fid_gain", "max_classes_lost", "min_classes_covered"):
+        for name in self.parameters():
             config.check(config.param(JobConfig, name), getattr(self, name))
 
     @classmethod
+    def parameters(cls) -> tuple[str, ...]:
+        """The JobConfig parameters a rule is made of (the flags of every command that promotes)."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
     def of(cls, job: JobConfig) -> PromotionRule:
-        return cls(job.min_fid_gain, job.max_classes_lost, job.min_classes_covered)
+        return cls(**{name: getattr(job, name) for name in cls.parameters()})
 
     def admits(self, challenger: dict[str, float]) -> tuple[bool, str]:
         """Whether the challenger covers enough classes to be promoted at all, champion or not."""

@@ -69,7 +69,7 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
                                                  parent_id)
         mlflow.set_tags({"winner_trial": str(winner.trial.index), "training_run_id": winner.training_run_id,
                          "registered_model": job.model_name, "registered_version": version,
-                         "promoted": str(bool(promoted and promoted.decision.promote)).lower()})
+                         "promoted": str(promoted.decision.promote).lower()})
     return SweepResult(parent_id, ranking, job.model_name, version, promoted)
 
 

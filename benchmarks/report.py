@@ -271,7 +271,11 @@ def render(results: dict) -> str:
 
 def _cpu(machine: dict) -> str:
     """The CPU and the widest vector instructions it has: the same name can hide AVX2 or AVX-512."""
-    isa = {"avx512_bf16": "AVX-512 with BF16", "avx512f": "AVX-512", "avx2": "AVX2"}.get(machine.get("isa"))
+    names = {"avx512_bf16": "AVX-512 with BF16", "avx512f": "AVX-512", "avx2": "AVX2"}
+    isa = names.get(machine.get("isa"))
+    if isa and machine.get("isa_capped_from"):
+        return (f"{machine['cpu']} ({names.get(machine['isa_capped_from'])}, kernels capped at {isa} with "
+                "ONEDNN_MAX_CPU_ISA to stand in for an AVX2 CPU)")
     return f"{machine['cpu']} ({isa})" if isa else machine["cpu"]
 
 

@@ -49,7 +49,14 @@ def run_json(module: str, args: list[str], backend: str = "tensorflow", **extra_
 
 
 def cpu_isa() -> str:
-    """The widest vector instructions this CPU has, of avx512_bf16, avx512f, avx2 and avx ("" if none)."""
+    """The widest vector instructions the kernels may use, of avx512_bf16, avx512f, avx2 and avx ("" if
+    none): this CPU's, or fewer where ONEDNN_MAX_CPU_ISA caps TensorFlow's kernels (a stand-in for an
+    older CPU; machine() records both)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    return "avx2" if cap.startswith("avx2") and _cpu_flags_isa() != "avx" else _cpu_flags_isa()
+
+
+def _cpu_flags_isa() -> str:
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("flags")), [])
     return next((name for name in ("avx512_bf16", "avx512f", "avx2", "avx") if name in flags), "")
@@ -63,7 +70,9 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor())
     memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                      if line.startswith("MemTotal"))
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),
+    capped = {"isa_capped_from": _cpu_flags_isa()} if cpu_isa() != _cpu_flags_isa() else {}
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "isa": cpu_isa(), **capped,
+            "cores": os.cpu_count(),
             "memory_gib": round(memory_kb / 2**20), "python": platform.python_version(),
             **installed_versions((*PACKAGES, "kfp"))}
 

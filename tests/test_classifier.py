@@ -53,7 +53,7 @@ def ask(data: str, trainings: str, release: str, *caches: str) -> None:
             time.sleep(0.05)
         return untrained(os.getpid()), 0.995
 
-    classifier._train = fake_train
+    classifier.train = fake_train
     mnist = load_mnist(data)
     for cache in caches:
         print(f"fingerprint {cache} {classifier.load_or_train(mnist, cache_dir=Path(cache)).fingerprint}",
@@ -107,7 +107,7 @@ def test_the_key_follows_the_training_code_and_nothing_else(tmp_path):
     source = Path(classifier.__file__).read_text()
     edits = {"docstrings": [("judges generated digits", "scores generated digits"),
                             ("another process trains the same one", "some process trains this one")],
-             "batch size": [("batch_size=128", "batch_size=64")],
+             "batch size": [("batch_size = 128", "batch_size = 64")],
              "architecture": [("Conv2D(64, 3", "Conv2D(48, 3")]}
     keys = {}
     for what, replacements in edits.items():
@@ -128,7 +128,7 @@ def test_weights_without_meta_json_are_never_loaded(tmp_path, mnist_path, monkey
     half_written = untrained(1)
     half_written.save(entry / "classifier.keras")
     trained = untrained(2)
-    monkeypatch.setattr(classifier, "_train", lambda mnist, epochs: (trained, 0.995))
+    monkeypatch.setattr(classifier, "train", lambda mnist, epochs: (trained, 0.995))
 
     loaded = classifier.load_or_train(mnist, cache_dir=tmp_path)
     assert loaded.fingerprint == fingerprint(trained) != fingerprint(half_written)

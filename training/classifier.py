@@ -26,7 +26,8 @@ from keras import layers
 
 from training.data import EVALUATOR_CACHE, Mnist, to_unit_range
 
-EPOCHS = 3
+EPOCHS = 2
+PEAK_LEARNING_RATE = 5e-3  # Adam's rate at the start, decayed to 0 over the epochs (cosine)
 FEATURE_LAYER = "features"
 MIN_TEST_ACCURACY = 0.99
 
@@ -68,7 +69,6 @@ def build_classifier() -> keras.Model:
     return keras.Sequential([
         keras.Input((28, 28, 1)),
         layers.Conv2D(32, 3, activation="relu"),
-        layers.Conv2D(32, 3, activation="relu"),
         layers.MaxPooling2D(2),
         layers.Conv2D(64, 3, activation="relu"),
         layers.MaxPooling2D(2),
@@ -82,14 +82,16 @@ def build_classifier() -> keras.Model:
 
 def cache_key(data_sha256: str, epochs: int = EPOCHS, code: str | None = None) -> str:
     """`cnn-<12 hex>-<16 hex>`: a digest of the code that decides the weights (`code`, by default
-    TRAINING_CODE) and of what else does (epochs, the feature layer's name), then the data's digest."""
+    TRAINING_CODE) and of what else does (epochs, learning rate, the feature layer's name), then the
+    data's digest."""
     recipe = json.dumps({"code": TRAINING_CODE if code is None else code, "epochs": epochs,
-                         "feature_layer": FEATURE_LAYER}, sort_keys=True)
+                         "peak_learning_rate": PEAK_LEARNING_RATE, "feature_layer": FEATURE_LAYER},
+                        sort_keys=True)
     return f"cnn-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}-{data_sha256[:16]}"
 
 
 def load_or_train(mnist: Mnist, cache_dir: Path | None = None, epochs: int = EPOCHS) -> MnistClassifier:
-    """The cached classifier for this MNIST file, trained (seeded, ~1 minute on 2 CPU cores) if absent.
+    """The cached classifier for this MNIST file, trained (seeded, under a minute on 2 CPU cores) if absent.
     While another process trains the same one, this one waits for it; a cache that cannot be written
     (read-only, no permission) means training in memory."""
     key = cache_key(mnist.sha256, epochs)
@@ -167,7 +169,7 @@ def _lock(fd: int, path: Path) -> None:
 def _trained(mnist: Mnist, key: str, epochs: int) -> MnistClassifier:
     print(f"evaluator: training the MNIST classifier that judges samples ({epochs} epochs, once per MNIST "
           "file and classifier code)", flush=True)
-    model, accuracy = _train(mnist, epochs)
+    model, accuracy = train(mnist, epochs)
     return _accepted(MnistClassifier(model, key, accuracy))
 
 
@@ -178,18 +180,26 @@ def _accepted(classifier: MnistClassifier) -> MnistClassifier:
     return classifier
 
 
-def _train(mnist: Mnist, epochs: int) -> tuple[keras.Model, float]:
+def train(mnist: Mnist, epochs: int = EPOCHS, build=build_classifier,
+          peak_learning_rate: float = PEAK_LEARNING_RATE, decay: bool = True) -> tuple[keras.Model, float]:
+    """A classifier trained afresh (seeded, not cached) and its accuracy on MNIST's test split. `build`,
+    `peak_learning_rate` and `decay` (off: a constant rate) are for benchmarks that compare recipes; the
+    project's judge takes the defaults."""
     keras.utils.set_random_seed(1234)
     keras.config.set_dtype_policy("float32")  # the classifier is the same on every device
-    model = build_classifier()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                       metrics=["accuracy"])
+    model = build()
+    batch_size = 128
+    steps = epochs * -(-len(mnist.x_train) // batch_size)
+    schedule = (keras.optimizers.schedules.CosineDecay(peak_learning_rate, steps) if decay
+                else peak_learning_rate)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     x_train, x_test = to_unit_range(mnist.x_train), to_unit_range(mnist.x_test)
-    model.fit(x_train, mnist.y_train.astype("int32"), batch_size=128, epochs=epochs, verbose=0)
+    model.fit(x_train, mnist.y_train.astype("int32"), batch_size=batch_size, epochs=epochs, verbose=0)
     _, accuracy = model.evaluate(x_test, mnist.y_test.astype("int32"), batch_size=1000, verbose=0)
     return model, float(accuracy)
 
 
 # What decides the classifier's weights: its architecture, its training and the scaling of its inputs.
 # Read once, on import: a change to any of them is a new cache key, and so a new training.
-TRAINING_CODE = "".join(inspect.getsource(function) for function in (build_classifier, _train, to_unit_range))
+TRAINING_CODE = "".join(inspect.getsource(function) for function in (build_classifier, train, to_unit_range))

@@ -149,11 +149,14 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
 
 @dsl.component(base_image=IMAGE)
 def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float, max_classes_lost: int,
-            min_classes_covered: int, generator: Input[Model] = None) -> str:
+            min_classes_covered: int, generator: Input[Model] = None
+            ) -> NamedTuple("Promotion", promoted=bool, decision=str):
     """Move `champion` to this run's version (not whatever `challenger` points at by now, which a
-    concurrent run may have moved) if the promotion rule says so; returns the decision as JSON. The
-    `generator` artifact, when given, is checked in place; otherwise the version's files are."""
+    concurrent run may have moved) if the promotion rule says so; returns whether it moved, and the
+    decision as JSON. The `generator` artifact, when given, is checked in place; otherwise the
+    version's files are."""
     import json
+    from collections import namedtuple
 
     from training import jobs
     from training.promotion import PromotionRule
@@ -161,5 +164,25 @@ def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: flo
     rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered)
     decision = jobs.promote(model_name, rule, parent_run_id=parent_run_id, version=version,
                             generator_file=generator and f"{generator.path}/generator.keras").decision
-    return json.dumps({"promoted": decision.promote, "reason": decision.reason,
-                       "version": decision.challenger})
+    said = {"promoted": decision.promote, "reason": decision.reason, "version": decision.challenger}
+    return namedtuple("Promotion", "promoted decision")(decision.promote, json.dumps(said))
+
+
+@dsl.component(base_image=IMAGE)
+def deploy(model_name: str, inference_service: str, namespace: str, artifacts_destination: str,
+           model_reader: str, canary_traffic_percent: int, timeout: int) -> str:
+    """Point the InferenceService (in `namespace`, "" for this pod's; created if absent) at the
+    champion's model files and wait until KServe reports it Ready; the registry records which version
+    it serves. The pod's service account must be allowed to (infra/k8s/serving/deployer.yaml). Returns
+    the deploy as JSON."""
+    import json
+
+    from training import jobs, summaries
+    from training.deploy import Target
+
+    target = Target(inference_service, namespace or None, artifacts_destination, model_reader,
+                    canary_traffic_percent, timeout)
+    deployed = jobs.deploy(model_name, target)
+    print(summaries.deployed_line(deployed))
+    return json.dumps({"version": deployed.version, "inference_service": deployed.service,
+                       "storage_uri": deployed.storage_uri, "canary_traffic_percent": canary_traffic_percent})

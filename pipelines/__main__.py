@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training.cli import Command, main
 from training.config import ConfigError, Param
-from training.flags import Parser, add_flag, add_sweep_flags
+from training.flags import Parser, add_flag, add_serving_flags, add_sweep_flags, serving_target
 
 GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task; it trains data-parallel on all "
                   "of them (JAX image)", {"min": 1, "max": 64})
@@ -38,6 +38,9 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
                          help="Kubernetes secret holding MLFLOW_TRACKING_URI, AWS_* (see docs/KUBEFLOW.md)")
     add_sweep_flags(cluster, "--sweep")
     add_flag(cluster, PARALLELISM, default=PARALLELISM.default)
+    # The InferenceService is in the pipeline's namespace (--namespace is the run's).
+    add_serving_flags(cluster, ("inference_service", "artifacts_destination", "model_reader",
+                                "canary_traffic_percent"))
     arguments = Parser(add_help=False)
     arguments.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                            help="pipeline parameter (repeatable), e.g. -p epochs=2")
@@ -59,6 +62,9 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
     submit.add_argument("--token", default=None, help="bearer token (or set KF_PIPELINES_TOKEN)")
     submit.add_argument("--cookie", default=None, help="session cookie, e.g. authservice_session=...")
     submit.add_argument("--wait", action="store_true", help="wait for the run; exit 1 if it fails")
+    submit.add_argument("--service-account", default=None,
+                        help="the run's Kubernetes service account (default: KFP's; with --inference-service "
+                             "it needs infra/k8s/serving/deployer.yaml's Role)")
 
 
 def prepare(args: argparse.Namespace):
@@ -80,7 +86,8 @@ def prepare(args: argparse.Namespace):
                                    gpu_count=args.gpu_count, cpu_only=args.cpu_only,
                                    gpu_tolerations=tuple(tolerations),
                                    gpu_node_selector=tuple(selector.items()),
-                                   checkpoint_pvc=args.checkpoint_pvc, sweep_parallelism=args.parallelism)
+                                   checkpoint_pvc=args.checkpoint_pvc, sweep_parallelism=args.parallelism,
+                                   serving=serving_target(args))
     if args.action == "compile":
         return lambda: f"pipeline: wrote {runner.compile_pipeline(args.output, settings, trials)}"
     if args.action == "run-local":
@@ -91,7 +98,8 @@ def prepare(args: argparse.Namespace):
     def submit():
         token = args.token or os.environ.get("KF_PIPELINES_TOKEN")
         run_id, url = runner.submit(args.host, arguments, settings, args.namespace, args.experiment,
-                                    args.run_name, token, args.cookie, args.wait, trials=trials)
+                                    args.run_name, token, args.cookie, args.wait, trials=trials,
+                                    service_account=args.service_account)
         return f"pipeline: submitted run {run_id}: {url}"
 
     return submit

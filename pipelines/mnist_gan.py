@@ -1,17 +1,20 @@
 """prepare data -> open the MLflow run -> train (GPU) + evaluator -> evaluate -> register -> promote
-(behind the evaluation gate); as a sweep, the trials (train + evaluate, on GPUs) fan out in parallel and
-their ranked winner is registered and promoted.
+(behind the evaluation gate) -> deploy (when the champion moved, if the cluster serves it); as a sweep,
+the trials (train + evaluate, on GPUs) fan out in parallel and their ranked winner is registered and
+promoted.
 
 Cluster settings are compile-time arguments of `build`; MLflow and S3 credentials reach the tasks
 from a Kubernetes secret as environment variables, never as pipeline parameters.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
 from components import gan
 from training.config import DEFAULT_DATA_URL, ConfigError, TrainConfig, names
+from training.deploy import Target
 
 # Secret key -> environment variable; every task that talks to MLflow or S3 gets these.
 SECRET_ENV = {key: key for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
@@ -45,6 +48,9 @@ class ClusterSettings:
     retries: int = 2
     retry_backoff: str = "60s"
     sweep_parallelism: int = 4  # a sweep's trials that train at once (each on gpu_count GPUs)
+    # The KServe InferenceService that serves the champion: a deploy task follows each promotion that
+    # moves it. None: nothing is served on the cluster.
+    serving: Target | None = None
 
     def __post_init__(self) -> None:
         if self.gpu_count < 1 or (self.cpu_only and self.gpu_count != 1):
@@ -73,7 +79,7 @@ def _place_on_gpu_nodes(task, settings: ClusterSettings) -> None:
 def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = None):
     """The pipeline function for these cluster settings: one training, or with `trials` (a sweep's,
     training/sweep.py) a sweep whose trials fan out under a ParallelFor and whose ranked winner goes on
-    to the same register -> gate -> promote."""
+    to the same register -> gate -> promote (-> deploy)."""
     workspace = None if settings.checkpoint_pvc else dsl.WorkspaceConfig(size=settings.workspace_size)
     checkpoint_root = CHECKPOINT_MOUNT if settings.checkpoint_pvc else dsl.WORKSPACE_PATH_PLACEHOLDER
 
@@ -151,6 +157,11 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
             promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
                                    **rule, **generator)
             tracked.append(promoted)
+            if settings.serving:  # namespace "": the pod's own (a component input cannot be None)
+                target = settings.serving
+                inputs = dataclasses.asdict(target) | {"namespace": target.namespace or ""}
+                with dsl.If(promoted.outputs["promoted"] == True):  # the champion moved
+                    tracked.append(gan.deploy(model_name=model_name, **inputs))
         for task in [prep, classifier, *tracked]:
             if task is not tracked[1]:  # the training task (or trial) has its own resources
                 _limit_resources(task, settings.task_cpu, settings.task_memory)

@@ -122,8 +122,9 @@ def _visible_to_containers(data: str, pipeline_root: Path) -> str:
 def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str | None = None,
            experiment: str = "mnist-gan", run_name: str | None = None, token: str | None = None,
            cookie: str | None = None, wait: bool = False, timeout_s: int = 24 * 3600,
-           trials: list | None = None) -> tuple[str, str]:
-    """Submit a freshly compiled pipeline; returns (run id, run URL). With wait, raises on failure."""
+           trials: list | None = None, service_account: str | None = None) -> tuple[str, str]:
+    """Submit a freshly compiled pipeline, run by `service_account` (None: KFP's default); returns
+    (run id, run URL). With wait, raises on failure."""
     import tempfile
 
     import kfp
@@ -137,7 +138,8 @@ def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str
             package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings, trials)
             run = client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
-                run_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
+                run_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
+                service_account=service_account)
     except urllib3.exceptions.HTTPError as err:
         raise RuntimeError(f"Kubeflow Pipelines at {host} is unreachable ({type(err).__name__})") from None
     except kfp_server_api.ApiException as err:

@@ -129,7 +129,12 @@ OTHER_FLAGS = [
     (["promote"], "--version", "version", int, 1, None),
     (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--count", "count", int, 1, 1_000_000),
     (["sample", "--model-uri", "g.keras", "--out", "s.npz"], "--seed", "seed", int, 0, 2**31 - 1),
-    (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 64)]
+    (["pipeline", "compile"], "--gpu-count", "gpu_count", int, 1, 64),
+    (["deploy", "--inference-service", "mnist-gan"], "--canary-traffic-percent", "canary_traffic_percent",
+     int, 0, 99),
+    (["deploy", "--inference-service", "mnist-gan"], "--timeout", "timeout", int, 1, None),
+    (["pipeline", "compile", "--inference-service", "mnist-gan"], "--canary-traffic-percent",
+     "canary_traffic_percent", int, 0, 99)]
 
 
 @pytest.mark.parametrize(("prefix", "flag", "name", "kind", "low", "high"), OTHER_FLAGS,

@@ -1,5 +1,5 @@
-"""The commands that compute nothing (register, promote, rollback, pipeline compile and submit) import
-neither TensorFlow, JAX nor Keras, on their error paths too: they answer in the time MLflow and
+"""The commands that compute nothing (register, promote, rollback, deploy, pipeline compile and submit)
+import neither TensorFlow, JAX nor Keras, on their error paths too: they answer in the time MLflow and
 Kubeflow take to import, not TensorFlow's."""
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ def empty_store(tmp_path_factory):
     pytest.param(["promote", "--model-name", "nope"], "nope has no 'challenger' version to promote",
                  id="promote"),
     pytest.param(["rollback", "--model-name", "nope"], "nope has no 'champion' to roll back", id="rollback"),
+    pytest.param(["rollback", "--model-name", "nope", "--inference-service", "mnist-gan"],
+                 "nope has no 'champion' to roll back", id="rollback-service"),
+    pytest.param(["deploy", "--model-name", "nope", "--inference-service", "mnist-gan"],
+                 "nope has no 'champion' to deploy", id="deploy"),
 ])
 def test_registry_commands_on_an_empty_store(empty_store, args, message):
     code, _, stderr, heavy = run(args, empty_store)

@@ -160,6 +160,42 @@ def test_submit_posts_the_run_with_auth_namespace_and_experiment(tmp_path):
     assert "secret-token" not in str(run["body"])
 
 
+def test_deploy_follows_promote_only_when_the_champion_moved_uncached_with_the_secret(tmp_path):
+    serving = ["--inference-service", "mnist-gan", "--canary-traffic-percent", "10",
+               "--artifacts-destination", "s3://store/mlflow", "--model-reader", "reader"]
+    spec, kubernetes = _compile(tmp_path, *serving)
+    outer = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    (moved,) = set(outer) - {"promote"}
+    assert outer[moved]["dependentTasks"] == ["promote"]
+    assert outer[moved]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--promote-promoted'] == true"
+    (deploy,) = spec["components"][outer[moved]["componentRef"]["name"]]["dag"]["tasks"].values()
+    assert deploy["taskInfo"]["name"] == "deploy" and not deploy["cachingOptions"].get("enableCache")
+    inputs = deploy["inputs"]["parameters"]
+    assert inputs.pop("model_name") == {"componentInputParameter": "pipelinechannel--model_name"}
+    assert {name: value["runtimeValue"]["constant"] for name, value in inputs.items()} == {
+        "inference_service": "mnist-gan", "namespace": "", "artifacts_destination": "s3://store/mlflow",
+        "model_reader": "reader", "canary_traffic_percent": 10, "timeout": 600}
+    (secret,) = kubernetes["deploymentSpec"]["executors"]["exec-deploy"]["secretAsEnv"]
+    assert secret["secretName"] == "mnist-gan-tracking"
+    assert {k["envVar"] for k in secret["keyToEnv"]} == set(SECRET_ENV)
+    assert spec["deploymentSpec"]["executors"]["exec-deploy"]["container"]["resources"]["resourceMemoryLimit"]
+    strict_pipeline_check(spec, kubernetes)
+
+
+def test_the_run_that_deploys_runs_under_the_service_account_given(tmp_path):
+    """KFP sets a run's service account, not a task's: the deployer Role binds it
+    (infra/k8s/serving/deployer.yaml)."""
+    api = KfpApi()
+    with api.serve() as host:
+        result = run_cli(["pipeline", "submit", "--host", host, "--inference-service", "mnist-gan",
+                          "--service-account", "mnist-gan-deployer"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = [r for r in api.requests if r["method"] == "POST" and r["path"].endswith("/runs")]
+    assert run["body"]["service_account"] == "mnist-gan-deployer"
+    assert "comp-deploy" in run["body"]["pipeline_spec"]["pipeline_spec"]["components"]
+
+
 def test_submit_with_a_cookie_and_a_failing_run(tmp_path):
     api = KfpApi(final_state="FAILED")
     with api.serve() as host:

@@ -148,9 +148,10 @@ def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion):
         version = register_collapsed(name)
         rule = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 10}
         assert gan.evaluation_gate.python_func(evaluation_run_id=lab.collapsed_eval, **rule) is False
-        decision = json.loads(gan.promote.python_func(parent_run_id=parent.info.run_id, model_name=name,
-                                                      version=version, **rule))
-        assert not decision["promoted"] and COLLAPSED_REFUSED in decision["reason"]
+        promoted = gan.promote.python_func(parent_run_id=parent.info.run_id, model_name=name,
+                                           version=version, **rule)
+        decision = json.loads(promoted.decision)
+        assert not promoted.promoted and not decision["promoted"] and COLLAPSED_REFUSED in decision["reason"]
         assert champion_stays(name)
 
 

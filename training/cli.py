@@ -21,7 +21,15 @@ from training import checks, console, summaries
 from training.checkpoint import CheckpointError, Preempted
 from training.config import MAX_SAMPLES, ConfigError, JobConfig, Param, TrainConfig, param, params
 from training.data import DataError
-from training.flags import EXIT_USAGE, Parser, add_flag, add_sweep_flags, given
+from training.flags import (
+    EXIT_USAGE,
+    Parser,
+    add_flag,
+    add_serving_flags,
+    add_sweep_flags,
+    given,
+    serving_target,
+)
 from training.promotion import PromotionRule
 
 EXIT_FAILED, EXIT_PREEMPTED = 1, 143
@@ -159,15 +167,31 @@ def _promote(args):
 
 # ---- rollback ----
 
-def _model_name_flag(parser):
+def _rollback_flags(parser):
     _job_flags(parser, ("model_name",))
+    add_serving_flags(parser, ("inference_service", "namespace", "artifacts_destination", "model_reader",
+                               "timeout"))
 
 
 def _rollback(args):
     from training import jobs
 
-    name = _job(args).model_name
-    return lambda: (name, *jobs.rollback(name))
+    name, target = _job(args).model_name, serving_target(args)
+    return lambda: (name, *jobs.rollback(name, target))
+
+
+# ---- deploy ----
+
+def _deploy_flags(parser):
+    _job_flags(parser, ("model_name",))
+    add_serving_flags(parser, required=True)
+
+
+def _deploy(args):
+    from training import jobs
+
+    name, target = _job(args).model_name, serving_target(args)
+    return lambda: jobs.deploy(name, target)
 
 
 # ---- sample ----
@@ -224,8 +248,10 @@ COMMANDS: dict[str, Command] = {
                         lambda done: [summaries.registered_line(*done)]),
     "promote": Command("make the challenger champion if it is better", _promote_flags, _promote,
                        summaries.promoted_lines),
-    "rollback": Command("point 'champion' back at the previous champion", _model_name_flag, _rollback,
-                        lambda done: [summaries.rollback_line(*done)]),
+    "rollback": Command("point 'champion' back at the previous champion (and an InferenceService with it)",
+                        _rollback_flags, _rollback, lambda done: summaries.rollback_lines(*done)),
+    "deploy": Command("point a KServe InferenceService at the champion and wait until it is Ready",
+                      _deploy_flags, _deploy, lambda deployed: [summaries.deployed_line(deployed)]),
     "sample": Command("write N generated digits to .npz and a PNG grid", _sample_flags, _sample,
                       lambda done: [summaries.sample_line(*done)], tracked=False),
     "data": Command("data download: a checked local copy of MNIST, for machines without internet",

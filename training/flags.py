@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from training import deploy
 from training.config import ConfigError, Param, params, parse_and_check
 
 EXIT_USAGE = 2
@@ -36,7 +37,8 @@ def typed(p: Param):
     return convert
 
 
-def add_flag(parser: argparse.ArgumentParser, p: Param, *aliases: str, default: Any = None) -> None:
+def add_flag(parser: argparse.ArgumentParser, p: Param, *aliases: str, default: Any = None,
+             required: bool = False) -> None:
     """A flag for a parameter. Left out, it is None (the config's default applies) unless `default`."""
     shown = f" (default: {p.default})" if p.default is not None else ""
     if p.type == "bool":
@@ -44,7 +46,7 @@ def add_flag(parser: argparse.ArgumentParser, p: Param, *aliases: str, default: 
                             type=typed(p), metavar="BOOL", help=p.help + shown)
     else:
         parser.add_argument(p.flag, *aliases, dest=p.name, default=default, type=typed(p),
-                            metavar=p.type.upper(), help=p.help + shown)
+                            metavar=p.type.upper(), help=p.help + shown, required=required)
 
 
 def given(args: argparse.Namespace, cls) -> dict[str, Any]:
@@ -58,3 +60,20 @@ def add_sweep_flags(parser: argparse.ArgumentParser, spec_flag: str = "--spec") 
                         help="YAML/JSON file or text: a grid {name: [values]} or a list of trials")
     parser.add_argument("-s", "--set", dest="axes", action="append", default=[], metavar="NAME=V1,V2",
                         help="one more grid axis (repeatable), e.g. -s seed=0,1,2")
+
+
+def add_serving_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
+                      required: bool = False):
+    """The flags of deploy.Target's parameters (those in `names`, or all); the artifacts destination
+    defaults to $MNIST_GAN_ARTIFACTS_DESTINATION; `required`: --inference-service must be given."""
+    for p in deploy.PARAMS:
+        if names is None or p.name in names:
+            default = deploy.default_destination() if p is deploy.ARTIFACTS_DESTINATION else p.default
+            add_flag(parser, p, default=default, required=required and p is deploy.INFERENCE_SERVICE)
+
+
+def serving_target(args: argparse.Namespace) -> deploy.Target | None:
+    """The deploy.Target the serving flags describe; None without --inference-service."""
+    if getattr(args, "inference_service", None) is None:
+        return None
+    return deploy.Target(**{p.name: getattr(args, p.name) for p in deploy.PARAMS if hasattr(args, p.name)})

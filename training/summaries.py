@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from training.data import Mnist
+    from training.deploy import Deployed
     from training.jobs import Evaluated, MainResult, Promoted, SweepResult, Trained
     from training.sweep import Outcome
 
@@ -51,8 +52,17 @@ def promoted_lines(promoted: Promoted) -> list[str]:
     return [*lines, f"promote{' (dry run)' if promoted.dry_run else ''}: {verdict}: {decision.reason}"]
 
 
-def rollback_line(name: str, demoted: str, restored: str) -> str:
-    return f"rollback: {name} champion moved from version {demoted} back to {restored}"
+def rollback_lines(name: str, demoted: str, restored: str, deployed: Deployed | None) -> list[str]:
+    moved = f"rollback: {name} champion moved from version {demoted} back to {restored}"
+    return [moved, *([deployed_line(deployed)] if deployed else [])]
+
+
+def deployed_line(deployed: Deployed) -> str:
+    share = (f", {deployed.canary_traffic_percent}% of the traffic (canary)"
+             if deployed.canary_traffic_percent else "")
+    return (f"deploy: {deployed.model_name} version {deployed.version} serves at InferenceService "
+            f"{deployed.service} ({'created' if deployed.created else 'patched'}, Ready{share}); "
+            f"storageUri {deployed.storage_uri}")
 
 
 def sample_line(count: int, out: Path) -> str:

@@ -1,5 +1,6 @@
 """The jobs that move a trained generator toward serving: register it as `challenger`, promote it to
-`champion` if the promotion rule says so, and roll `champion` back."""
+`champion` if the promotion rule says so, roll `champion` back, and deploy the champion to a KServe
+InferenceService."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from training import checks, promotion
 from training.config import JobConfig
+from training.deploy import Deployed, Target
+from training.kserve import DeployError
 from training.promotion import Decision, PromotionRule
 
 
@@ -82,6 +85,22 @@ def register_and_promote(training_run_id: str, evaluation_run_id: str, job: JobC
                             version=version)
 
 
-def rollback(name: str) -> tuple[str, str]:
-    """Point `champion` back at the version it replaced; returns (from version, to version)."""
-    return promotion.rollback(name)
+def rollback(name: str, target: Target | None = None) -> tuple[str, str, Deployed | None]:
+    """Point `champion` back at the version it replaced, and `target`'s InferenceService with it when
+    one is given; returns (from version, to version, the deploy or None)."""
+    demoted, restored = promotion.rollback(name)
+    if target is None:
+        return demoted, restored, None
+    try:
+        return demoted, restored, deploy(name, target)
+    except DeployError as err:
+        raise DeployError(f"{name} champion moved back from version {demoted} to {restored}, but "
+                          f"InferenceService {target.inference_service} did not follow: {err}") from None
+
+
+def deploy(name: str, target: Target) -> Deployed:
+    """Point `target`'s InferenceService at the champion of `name` and wait until it is Ready; the
+    registry records which versions it serves."""
+    from training.deploy import deploy as deploy_champion
+
+    return deploy_champion(name, target)

@@ -1,0 +1,134 @@
+"""The champion behind a KServe InferenceService: the champion version's model files as a storageUri the
+predictor can read, the service pointed at them (training/kserve.py), and the registry told which
+version serves where.
+
+The registry records it on the versions: `serving.inferenceservice` (`<namespace>/<name>`) on each
+version the service sends traffic to, and `serving.canary_traffic_percent` on one that gets only that
+share. A full deploy takes the tags off every other version; a canary keeps them on the version last
+rolled out to all the traffic, which takes the rest, as KServe does.
+
+Light to import: MLflow and Kubernetes are imported when a deploy runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from training import config, kserve
+from training.config import ConfigError, Param
+
+SERVING_TAG = "serving.inferenceservice"
+CANARY_TAG = "serving.canary_traffic_percent"
+DESTINATION_VARIABLE = "MNIST_GAN_ARTIFACTS_DESTINATION"  # the default of --artifacts-destination
+
+INFERENCE_SERVICE = Param("inference_service", "str", None,
+                          "the KServe InferenceService that serves the champion (created if absent)")
+NAMESPACE = Param("namespace", "str", None, "its namespace (default: the kubeconfig context's; in a pod, "
+                  "the pod's)")
+ARTIFACTS_DESTINATION = Param(
+    "artifacts_destination", "str", "s3://mlflow-artifacts",
+    "the tracking server's --artifacts-destination, s3://BUCKET[/PREFIX]: where its mlflow-artifacts:/ "
+    f"files are in S3 (or ${DESTINATION_VARIABLE})")
+MODEL_READER = Param("model_reader", "str", "mnist-gan-model-reader",
+                     "the ServiceAccount the predictor reads the artifact store with (infra/k8s/serving)")
+CANARY_TRAFFIC_PERCENT = Param("canary_traffic_percent", "int", 0,
+                               "send this share of the traffic to the new champion, the rest to the one "
+                               "rolled out before (0 = all of it)", {"min": 0, "max": 99})
+TIMEOUT = Param("timeout", "int", 600, "seconds to wait for the InferenceService to be Ready", {"min": 1})
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label, as Kubernetes names are
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which InferenceService serves the champion, and how it is rolled out; checked on construction."""
+
+    inference_service: str
+    namespace: str | None = NAMESPACE.default
+    artifacts_destination: str = ARTIFACTS_DESTINATION.default
+    model_reader: str = MODEL_READER.default
+    canary_traffic_percent: int = CANARY_TRAFFIC_PERCENT.default
+    timeout: int = TIMEOUT.default
+
+    def __post_init__(self) -> None:
+        for p in PARAMS:
+            if getattr(self, p.name) is not None:
+                config.check(p, getattr(self, p.name))
+        for name in ("inference_service", "namespace", "model_reader"):
+            value = getattr(self, name)
+            if value is not None and not NAME.fullmatch(value):
+                raise ConfigError(f"{name} must be a Kubernetes name: at most 63 lower-case letters, digits "
+                                  f"and '-', starting and ending with a letter or digit (got {value!r})")
+        destination = urlparse(self.artifacts_destination)
+        if destination.scheme != "s3" or not destination.netloc:
+            raise ConfigError("artifacts_destination must be the tracking server's s3://BUCKET[/PREFIX] "
+                              f"(got {self.artifacts_destination!r})")
+
+
+PARAMS = (INFERENCE_SERVICE, NAMESPACE, ARTIFACTS_DESTINATION, MODEL_READER, CANARY_TRAFFIC_PERCENT, TIMEOUT)
+
+
+def default_destination() -> str:
+    return os.environ.get(DESTINATION_VARIABLE) or ARTIFACTS_DESTINATION.default
+
+
+@dataclass(frozen=True)
+class Deployed:
+    model_name: str
+    version: str
+    service: str  # <namespace>/<name>
+    storage_uri: str
+    created: bool  # False: an existing InferenceService was patched
+    canary_traffic_percent: int
+
+
+def storage_uri(artifact_uri: str, artifacts_destination: str) -> str:
+    """Where the predictor downloads a version's model files: s3:// as it is; mlflow-artifacts:/PATH
+    (files the tracking server proxies) as the same PATH under its artifacts destination."""
+    location = urlparse(artifact_uri)
+    if location.scheme == "s3" and location.netloc:
+        return artifact_uri
+    if location.scheme == "mlflow-artifacts" and location.path.strip("/"):
+        return f"{artifacts_destination.rstrip('/')}/{location.path.strip('/')}"
+    raise kserve.DeployError(
+        f"the model files at {artifact_uri or '(none)'} cannot be served by KServe: it reads s3:// here, so "
+        "the registry must keep its files in S3 or behind a tracking server whose artifacts destination "
+        "is S3 (mlflow-artifacts:/)")
+
+
+def deploy(name: str, target: Target, client=None) -> Deployed:
+    """Point `target`'s InferenceService at the champion of model `name` (created if absent), wait until
+    KServe reports it Ready, then record on the registry which versions it serves."""
+    from mlflow import MlflowClient
+
+    from training import registry
+
+    client = client or MlflowClient()
+    version = registry.alias_version(client, name, registry.CHAMPION)
+    if version is None:
+        raise registry.RegistryError(f"{name} has no '{registry.CHAMPION}' to deploy")
+    uri = storage_uri(client.get_model_version_download_uri(name, version), target.artifacts_destination)
+    body = kserve.inference_service(target.inference_service, uri, target.model_reader,
+                                    target.canary_traffic_percent)
+    applied = kserve.apply(body, target.namespace, target.timeout)
+    service = f"{applied.namespace}/{applied.name}"
+    _record(client, name, version, service, target.canary_traffic_percent)
+    return Deployed(name, version, service, uri, applied.created, target.canary_traffic_percent)
+
+
+def _record(client, name: str, version: str, service: str, canary: int) -> None:
+    for other in client.search_model_versions(f"name='{name}'"):
+        if str(other.version) == version or other.tags.get(SERVING_TAG) != service:
+            continue
+        if canary and CANARY_TAG not in other.tags:
+            continue  # rolled out before: it takes the rest of the traffic
+        for key in (SERVING_TAG, CANARY_TAG):
+            if key in other.tags:
+                client.delete_model_version_tag(name, str(other.version), key)
+    client.set_model_version_tag(name, version, SERVING_TAG, service)
+    if canary:
+        client.set_model_version_tag(name, version, CANARY_TAG, str(canary))
+    elif CANARY_TAG in client.get_model_version(name, version).tags:
+        client.delete_model_version_tag(name, version, CANARY_TAG)

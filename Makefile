@@ -42,7 +42,8 @@ PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --di
 test: install
 	. infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
 		MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
-		MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) $(PYTEST) $(PYTEST_ARGS)
+		MNIST_GAN_SERVING_IMAGE=$(SERVING_IMAGE) MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) \
+		$(PYTEST) $(PYTEST_ARGS)
 
 # The fast tier, while you change the code: lint, then every test that starts no server, container or
 # training, each within 60 s (a slow test without its mark fails here instead of slowing the tier).
@@ -82,7 +83,8 @@ serve: install
 services: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m infra.local_stack
 
-# Images: the CPU component image, its CUDA variant and the tracking server. Docker by default;
+# Images: the CPU component image, its CUDA variant, the tracking server and the serving image
+# (MLServer). Docker by default;
 #   make image push REGISTRY=ghcr.io/org TAG=0.1.0
 #   make images CONTAINER_ENGINE=podman PYTHON_IMAGE=localhost/python-base:3.11-bookworm BUILD_FLAGS=...
 # (`. infra/containers/engine.sh` picks the engine and exports those settings for you.)
@@ -94,13 +96,15 @@ REGISTRY ?= ghcr.io/mnist-gan
 TAG ?= 0.1.0
 IMAGE := $(REGISTRY)/mnist-gan:$(TAG)
 SERVER_IMAGE := $(REGISTRY)/mnist-gan-server:$(TAG)
+SERVING_IMAGE := $(REGISTRY)/mnist-gan-serving:$(TAG)
 TEST_POSTGRES_IMAGE := localhost/mnist-gan-test-postgres:15
 BUILD = $(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)
 
-# What the tests run: the CPU and tracking-server images, and PostgreSQL from Debian's packages.
+# What the tests run: the CPU, tracking-server and serving images, and PostgreSQL from Debian's packages.
 images:
 	$(BUILD) -f infra/docker/Dockerfile --build-arg REQUIREMENTS=cpu -t $(IMAGE) .
 	$(BUILD) -f infra/docker/server.Dockerfile -t $(SERVER_IMAGE) .
+	$(BUILD) -f infra/docker/serving.Dockerfile -t $(SERVING_IMAGE) .
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
 		-f infra/docker/postgres.Dockerfile -t $(TEST_POSTGRES_IMAGE) .
 
@@ -111,3 +115,4 @@ push: image
 	$(CONTAINER_ENGINE) push $(IMAGE)
 	$(CONTAINER_ENGINE) push $(IMAGE)-cuda
 	$(CONTAINER_ENGINE) push $(SERVER_IMAGE)
+	$(CONTAINER_ENGINE) push $(SERVING_IMAGE)

@@ -27,6 +27,8 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "cpu": ("--extra=cpu",),  # the component image
     "gpu-jax-cuda": ("--extra=gpu", "--extra=jax-cuda"),  # the CUDA component image
     "server": ("--only-group=server",),  # the tracking-server image
+    "serving": ("--only-group=serving",),  # the serving image (MLServer)
+    "storage-initializer": ("--only-group=storage-initializer",),  # KServe's, in the container tests
 }
 CONDA = ("--extra=gpu", "--extra=jax-cuda")  # `mlflow run .` trains on a GPU (and runs on a CPU too)
 

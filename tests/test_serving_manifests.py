@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 
 import pytest
@@ -118,7 +119,7 @@ def test_the_runtime_serves_the_mlflow_model_with_mlserver(serving):
     assert container["image"].rsplit(":", 1)[0].endswith("/mnist-gan-serving")
     assert image_tag(container["image"]) not in ("", "latest"), container["image"]
     env = {variable["name"]: variable["value"] for variable in container["env"]}
-    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "mlserver_mlflow.MLflowRuntime"
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "serving_runtime.GeneratorRuntime"  # bad input: 400
     assert env["MLSERVER_MODEL_URI"] == "/mnt/models"  # where KServe's storage initializer puts the model
     assert env["MLSERVER_MODEL_NAME"] == "{{.Name}}"  # the InferenceService's name
     assert container["securityContext"]["runAsNonRoot"] is True
@@ -126,6 +127,20 @@ def test_the_runtime_serves_the_mlflow_model_with_mlserver(serving):
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
+
+
+def test_the_serving_image_defaults_to_the_runtimes_settings(serving):
+    """`docker run` of the image serves as the ServingRuntime does; KServe names the model after the
+    InferenceService, the image after the one in inferenceservice.yaml."""
+    (container,) = serving["ServingRuntime"]["spec"]["containers"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    dockerfile = (K8S.parent / "docker" / "serving.Dockerfile").read_text()
+    image_env = dict(re.findall(r"^\s*(?:ENV )?(MLSERVER_\w+)=(\S+)", dockerfile, re.MULTILINE))
+    assert image_env == {**env, "MLSERVER_MODEL_NAME": serving["InferenceService"]["metadata"]["name"]}
+    assert f"CMD {json.dumps(container['command'])}" in dockerfile
+    module = env["MLSERVER_MODEL_IMPLEMENTATION"].rsplit(".", 1)[0]
+    assert f"COPY infra/{module}.py /opt/mnist-gan-serving/{module}.py" in dockerfile
+    assert "ENV PYTHONPATH=/opt/mnist-gan-serving" in dockerfile
 
 
 def test_the_model_is_read_with_the_read_only_identity(serving):

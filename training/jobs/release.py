@@ -10,7 +10,7 @@ from pathlib import Path
 
 from training import checks, promotion
 from training.config import JobConfig
-from training.deploy import Deployed, Target
+from training.deploy import Deployed, Target, deploy  # deploy: a job as it is (training.jobs)
 from training.kserve import DeployError
 from training.promotion import Decision, PromotionRule
 
@@ -96,11 +96,3 @@ def rollback(name: str, target: Target | None = None) -> tuple[str, str, Deploye
     except DeployError as err:
         raise DeployError(f"{name} champion moved back from version {demoted} to {restored}, but "
                           f"InferenceService {target.inference_service} did not follow: {err}") from None
-
-
-def deploy(name: str, target: Target) -> Deployed:
-    """Point `target`'s InferenceService at the champion of `name` and wait until it is Ready; the
-    registry records which versions it serves."""
-    from training.deploy import deploy as deploy_champion
-
-    return deploy_champion(name, target)

@@ -1,6 +1,7 @@
-"""The KServe manifests, checked as a cluster would: `infra/k8s/serving` rendered by `kubectl kustomize`,
-its InferenceService and ServingRuntime validated strictly against KServe v0.20's CRDs, the rest against the
-Kubernetes API; and what the objects promise each other (account, secret, runtime, deployer's role)."""
+"""The KServe manifests, checked as a cluster would: `infra/k8s/serving` rendered by `kubectl kustomize` and
+the InferenceService template beside it, KServe's objects validated strictly against KServe v0.20's CRDs,
+the rest against the Kubernetes API; and what the objects promise each other (account, secret, runtime,
+deployer's role)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import json
 import re
 
 import pytest
+import yaml
 
 from tests.support import crd_schema
 from tests.test_manifests import K8S, image_tag, refusals, rendered
 
 SERVING = K8S / "serving"
+TEMPLATE = SERVING / "inferenceservice.yaml"
 KSERVE = "serving.kserve.io/"
 S3_ANNOTATIONS = {f"serving.kserve.io/s3-{name}" for name in ("endpoint", "usehttps", "verifyssl", "region")}
 
@@ -38,8 +41,22 @@ def at(obj: dict, path: str) -> tuple[dict | list, str | int]:
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> dict[str, dict]:
-    return by_kind(rendered(SERVING, tmp_path_factory.mktemp("serving")))
+def applied(tmp_path_factory) -> list[dict]:
+    """What `kubectl apply -k infra/k8s/serving` creates."""
+    return rendered(SERVING, tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture(scope="module")
+def serving(applied) -> dict[str, dict]:
+    """Those objects and the InferenceService that `mnist-gan deploy` creates beside them."""
+    return by_kind([*applied, yaml.safe_load(TEMPLATE.read_text())])
+
+
+def test_reapplying_the_kustomization_leaves_the_served_model_alone(applied):
+    """Deploy owns the InferenceService: were it a resource, `kubectl apply -k` after a deploy would point
+    the service back at the template's placeholder storageUri."""
+    assert "InferenceService" not in {obj["kind"] for obj in applied}
+    assert TEMPLATE.name not in yaml.safe_load((SERVING / "kustomization.yaml").read_text())["resources"]
 
 
 def test_strict_schemas_close_described_objects_only():

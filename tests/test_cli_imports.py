@@ -33,8 +33,12 @@ def run(args: list[str], tmp_path) -> tuple[int, str, str, list[str]]:
 
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory):
-    """A folder whose tracking database the registry commands share (MLflow creates it once, in seconds)."""
-    return tmp_path_factory.mktemp("empty-store")
+    """A folder with a tracking database that holds nothing, shared by the registry commands."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("empty-store")
+    assert MlflowClient(cli_env(folder)["MLFLOW_TRACKING_URI"]).search_registered_models() == []
+    return folder
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -52,6 +56,21 @@ def test_registry_commands_on_an_empty_store(empty_store, args, message):
     code, _, stderr, heavy = run(args, empty_store)
     assert (code, stderr.splitlines()[-1:]) == (1, [f"mnist-gan {args[0]}: error: {message}"]), stderr[-2000:]
     assert heavy == []
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["register", "--training-run-id", "0" * 32, "--evaluation-run-id", "f" * 32], id="register"),
+    pytest.param(["promote"], id="promote"),
+    pytest.param(["rollback", "--inference-service", "mnist-gan"], id="rollback"),
+    pytest.param(["deploy", "--inference-service", "mnist-gan"], id="deploy")])
+def test_registry_commands_where_there_is_no_store(tmp_path, args):
+    """Run in the wrong folder, they say so, and leave no empty store behind."""
+    code, _, stderr, heavy = run(args, tmp_path)
+    store = tmp_path / "mlflow.db"
+    assert (code, stderr.splitlines()) == (2, [
+        f"mnist-gan {args[0]}: error: no MLflow store at sqlite:///{store} ({store} does not exist): run this "
+        "where you trained, or set MLFLOW_TRACKING_URI to the store that holds the model"]), stderr[-2000:]
+    assert not store.exists() and heavy == []
 
 
 def test_pipeline_compile(tmp_path):

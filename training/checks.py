@@ -16,6 +16,9 @@ from training.config import ConfigError, TrainConfig
 from training.data import check_readable
 from training.mlflow_env import EXPERIMENT, without_credentials
 
+SQLITE = "sqlite:///"
+DEFAULT_TRACKING_URI = f"{SQLITE}mlflow.db"  # MLflow's, where neither MLFLOW_TRACKING_URI nor ./mlruns is set
+
 
 @functools.cache
 def before_training(config: TrainConfig) -> None:
@@ -53,6 +56,19 @@ def local_devices(count: int) -> list:
                           f"({', '.join(sorted({d.device_kind for d in local}))}); "
                           f"set devices to at most {len(local)}")
     return local[:count]
+
+
+def existing_store() -> None:
+    """Commands that read what training recorded (register, promote, rollback, deploy) must find a store:
+    a sqlite MLFLOW_TRACKING_URI, MLflow's default sqlite:///mlflow.db included, must name an existing
+    file. MLflow would create an empty one and report the model missing from it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if not uri.startswith(SQLITE):
+        return
+    database = Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?", 1)[0]))
+    if not database.is_file():
+        raise ConfigError(f"no MLflow store at {uri} ({database.resolve()} does not exist): run this where you "
+                          "trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
 
 
 def tracking_server() -> None:

@@ -48,6 +48,7 @@ class Command:
     prepare: Callable[[argparse.Namespace], Callable[[], Any]]  # cheap checks, then the job to run
     report: Callable[[Any], list[str]] = lambda result: []  # the lines a person reads afterwards
     tracked: bool = True  # talks to the tracking server: probe it first
+    reads_store: bool = False  # works on what training recorded: the store must exist
 
 
 def _train_flags(parser):
@@ -245,13 +246,15 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("score a generator's samples against MNIST's test split", _evaluate_flags, _evaluate,
                         lambda evaluated: [summaries.evaluated_line(evaluated)]),
     "register": Command("register a trained generator as 'challenger'", _register_flags, _register,
-                        lambda done: [summaries.registered_line(*done)]),
+                        lambda done: [summaries.registered_line(*done)], reads_store=True),
     "promote": Command("make the challenger champion if it is better", _promote_flags, _promote,
-                       summaries.promoted_lines),
+                       summaries.promoted_lines, reads_store=True),
     "rollback": Command("point 'champion' back at the previous champion (and an InferenceService with it)",
-                        _rollback_flags, _rollback, lambda done: summaries.rollback_lines(*done)),
+                        _rollback_flags, _rollback, lambda done: summaries.rollback_lines(*done),
+                        reads_store=True),
     "deploy": Command("point a KServe InferenceService at the champion and wait until it is Ready",
-                      _deploy_flags, _deploy, lambda deployed: [summaries.deployed_line(deployed)]),
+                      _deploy_flags, _deploy, lambda deployed: [summaries.deployed_line(deployed)],
+                      reads_store=True),
     "sample": Command("write N generated digits to .npz and a PNG grid", _sample_flags, _sample,
                       lambda done: [summaries.sample_line(*done)], tracked=False),
     "data": Command("data download: a checked local copy of MNIST, for machines without internet",
@@ -288,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     with console.quiet(console.verbose_requested(args.verbose)):
         try:
             run = command.prepare(args)
+            if command.reads_store:
+                checks.existing_store()
             if command.tracked:
                 checks.tracking_server()
         except (ConfigError, ValueError) as err:

@@ -55,11 +55,12 @@ lint: install
 	$(BIN)/hadolint infra/docker/*Dockerfile infra/containers/*.Dockerfile
 
 # Every CPU benchmark (about 93 min on 2 AVX2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
-# BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving picks some (serving needs jobs' model).
+# BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving picks some (serving needs jobs' model
+# and the serving image, `make images`).
 BENCH_DATA ?= $(or $(MNIST_GAN_TEST_DATA),https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
 BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving
 bench: install
-	PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)
+	. infra/containers/engine.sh && PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)
 
 # Rewrite the MLproject from training/config.py after adding or changing a parameter.
 mlproject: install

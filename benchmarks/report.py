@@ -7,6 +7,7 @@ from pathlib import Path
 START, END = "<!-- cpu-benchmarks:start (written by make bench) -->", "<!-- cpu-benchmarks:end -->"
 SEED_GOAL, SMALL_GOAL = 1.0, 2.0  # speedups over the seed loop asked for at presets seed and small
 OVERHEAD_GOAL_S = EVALUATION_GOAL_S = 60
+SERVING_GOAL = 1.2  # MLServer's p50 at most this many times mlflow models serve's
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -195,13 +196,48 @@ def jobs(results: dict) -> str:
 
 
 def serving(results: dict) -> str:
-    rows = [["soak" if r.get("soak") else "latency", r["images_per_request"], r["clients"], r["requests"],
-             r["p50_ms"], r["p99_ms"], r["max_ms"], r["requests_per_s"], r["errors"]]
-            for r in results["rows"]]
-    return (f"Model `{results['model_uri']}`; the server answered /ping {results['ready_s']} s "
-            "after start.\n\n"
-            + _table(["load", "images / request", "clients", "requests", "p50 ms", "p99 ms", "max ms",
-                      "requests/s", "errors"], rows))
+    """Each cell "mlflow models serve / MLServer"; the goal is MLServer's p50 against mlflow's, row by row."""
+    # results from before the serving image was measured: mlflow models serve alone, its rows at the top
+    servers = results.get("servers") or [{"name": "mlflow models serve", **results}]
+    both = len(servers) > 1
+    rows, ratios = [], []
+    for same in zip(*(server["rows"] for server in servers)):
+        first = same[0]
+        ratios.append((first, same[-1]["p50_ms"] / first["p50_ms"]))
+        rows.append(["latency" if first["clients"] == 1 else "concurrent", first["images_per_request"],
+                     first["clients"], first["requests"],
+                     *(" / ".join(str(row[key]) for row in same)
+                       for key in ("p50_ms", "p99_ms", "max_ms", "requests_per_s", "errors")),
+                     *([f"**{ratios[-1][1]:.2f}x**"] if both else [])])
+    latency = _table(["load", "images / request", "clients", "requests each", "p50 ms", "p99 ms", "max ms",
+                      "requests/s", "errors", *(["p50 MLServer / mlflow"] if both else [])], rows)
+    memory = ("processes", "rss_mib", "peak_rss_sum_mib", "cgroup_peak_mib")
+    about = _table(["server", "versions", "ready after s", "processes", "RSS after the load MiB",
+                    "sum of each process's peak RSS MiB", "container's cgroup peak MiB"],
+                   [[server["name"], ", ".join(f"{k} {v}" for k, v in server.get("versions", {}).items()),
+                     server["ready_s"], *(server.get("memory", {}).get(key, "-") for key in memory)]
+                    for server in servers])
+    text = (f"Model `{results['model_uri']}`"
+            + (f", image `{results['image']}`" if "image" in results else "")
+            + (f", {results['rounds']} rounds per row" if "rounds" in results else "")
+            + f".\n\n{latency}\n\n{about}")
+    cgroup = next((s["memory"]["cgroup_file"] for s in servers if "cgroup_file" in s.get("memory", {})), None)
+    if cgroup:
+        text += (f"\n\nMemory: each server's process tree read from /proc the same way for both (the "
+                 "`mlflow` command and its uvicorn; MLServer's processes in the container), and the "
+                 f"container's cgroup peak (`{cgroup}`). The cgroup counts page cache but charges a page to "
+                 "the cgroup that first read it, so libraries already cached on the host by an earlier run "
+                 "count in the processes' RSS but not in the cgroup: its peak depends on what ran before and "
+                 "can be below the RSS.")
+    if both:
+        errors = sum(row["errors"] for server in servers for row in server["rows"])
+        met = errors == 0 and all(ratio <= SERVING_GOAL for _, ratio in ratios)
+        text += (f"\n\nGoal (MLServer's p50 within {SERVING_GOAL:g}x of `mlflow models serve`'s in every "
+                 "row, no errors), MLServer / mlflow p50 at images x clients: "
+                 + ", ".join(f"{row['images_per_request']} x {row['clients']} {ratio:.2f}x"
+                             for row, ratio in ratios)
+                 + f"; {errors} errors: {_verdict(met)}")
+    return text
 
 
 def render(results: dict) -> str:
@@ -257,9 +293,19 @@ def render(results: dict) -> str:
                   "main job runs first and scores the real-data reference of its evaluation; the pipeline "
                   "then finds it cached (it depends only on the evaluator's weights, the data, N and the "
                   "seed).")),
-                ("serving", "### Serving: `mlflow models serve` on 127.0.0.1", serving,
-                 ("Requests `{\"dataframe_split\": {\"columns\": [\"seed\", \"n\"], ...}}` after 5 warm-up "
-                 "requests per size; every answer checked for status 200 and n images of 28 x 28.")))
+                ("serving", "### Serving: `mlflow models serve` against the serving image (MLServer)",
+                 serving,
+                 ("One registered generator, the jobs part's champion, downloaded once with MLmodel at the "
+                  "folder's top as KServe's storage initializer leaves it, and served from that folder by "
+                  "`mlflow models serve --env-manager local` (POST /invocations, `dataframe_split` with "
+                  "columns seed, n) and by the serving image under podman, the folder read-only at "
+                  "/mnt/models (POST /v2/models/mnist-gan/infer, V2 inputs seed and n as INT64, content type "
+                  "`pd`), both bound to 127.0.0.1. Each row: 5 warm-up requests to each, then the two take "
+                  "turns in rounds, so that drift on the shared cores hits both; the client threads run on "
+                  "the same 2 cores. Every answer is checked for status 200 and n images of 28 x 28 (V2: one "
+                  "UINT8 output of shape [n, 28, 28]). Command: `make bench "
+                  "BENCH_PARTS=jobs,serving` (`benchmarks/serving_latency.py`). Each cell: `mlflow models "
+                  "serve` / MLServer.")))
     for key, title, render_part, how in sections:
         if key in results:
             own = results.get("machines", {}).get(key, m)

@@ -77,6 +77,14 @@ def machine() -> dict:
             **installed_versions((*PACKAGES, "kfp"))}
 
 
+def most_common(machines: dict[str, dict]) -> dict:
+    """The machine most parts were measured on: the page's header names it, each other part its own (a
+    run of some parts on another machine or setting leaves the others' header as it was)."""
+    keys = [json.dumps(m, sort_keys=True) for m in machines.values()]
+    best = max(keys, key=keys.count)
+    return next(m for m, key in zip(machines.values(), keys) if key == best)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -95,15 +103,17 @@ def main() -> None:
         parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     data = str(Path(args.data).resolve()) if Path(args.data).is_file() else args.data
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    if parts:
-        results["machine"] = machine()
+    here = machine() if parts else results.get("machine")
+    machines = results.setdefault("machines", {})
+    for part in (p for p in PARTS if p in results):  # measured before parts kept their own: the header's
+        machines.setdefault(part, results.setdefault("machine", here))
     seconds = results.setdefault("seconds", {})
     jobs_dir = args.work / "jobs"
 
     def timed(part, fn):
         started = time.perf_counter()
         results[part] = fn()
-        results.setdefault("machines", {})[part] = results["machine"]
+        machines[part] = here
         seconds[part] = round(time.perf_counter() - started)
         print(f"bench: {part} done in {seconds[part]} s", flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")  # a later part's failure loses nothing
@@ -146,6 +156,8 @@ def main() -> None:
             "--tracking-uri", f"sqlite:///{(jobs_dir / 'mlflow.db').resolve()}",
             "--work", str(args.work)])[-1]["serving"])
 
+    if machines:
+        results["machine"] = most_common(machines)
     args.results.write_text(json.dumps(results, indent=1) + "\n")
     report.write_section(args.markdown, report.render(results))
     print(f"bench: {args.results} and {args.markdown} written", flush=True)

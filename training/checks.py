@@ -67,8 +67,8 @@ def existing_store() -> None:
         return
     database = Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?", 1)[0]))
     if not database.is_file():
-        raise ConfigError(f"no MLflow store at {uri} ({database.resolve()} does not exist): run this where you "
-                          "trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
+        raise ConfigError(f"no MLflow store at {uri} ({database.resolve()} does not exist): run this where "
+                          "you trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
 
 
 def tracking_server() -> None:

@@ -67,9 +67,9 @@ def test_registry_commands_where_there_is_no_store(tmp_path, args):
     """Run in the wrong folder, they say so, and leave no empty store behind."""
     code, _, stderr, heavy = run(args, tmp_path)
     store = tmp_path / "mlflow.db"
-    assert (code, stderr.splitlines()) == (2, [
-        f"mnist-gan {args[0]}: error: no MLflow store at sqlite:///{store} ({store} does not exist): run this "
-        "where you trained, or set MLFLOW_TRACKING_URI to the store that holds the model"]), stderr[-2000:]
+    said = (f"mnist-gan {args[0]}: error: no MLflow store at sqlite:///{store} ({store} does not exist): "
+            "run this where you trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
+    assert (code, stderr.splitlines()) == (2, [said]), stderr[-2000:]
     assert not store.exists() and heavy == []
 
 

@@ -42,13 +42,14 @@ def train_gan(dataset: Input[Dataset], parent_run_id: str, checkpoint_root: str,
     the one the run exports (averaged, best). Returns the MLflow training run id."""
     from training import jobs
     from training.config import TrainConfig
+    from training.kfp_plugin import task_metrics
 
     config = TrainConfig.pick({**locals(), "data": dataset.path})
     trained = jobs.train(config, parent_run_id, checkpoint_root, generator_out=generator.path,
                          classifier_dir=classifier.path if classifier else None)
     if trained.resumed:
         print(f"train: resumed from a checkpoint under {checkpoint_root} (a retry, or resume=true)")
-    for name, value in trained.last_metrics().items():
+    for name, value in task_metrics(trained.last_metrics()).items():
         metrics.log_metric(name, value)
     generator.metadata.update({"mlflow_run_id": trained.run_id, "mlflow_model_id": trained.model_id,
                                "mlflow_run": trained.link, **trained.exported()})
@@ -116,11 +117,12 @@ def evaluate(dataset: Input[Dataset], generator: Input[Model], classifier: Input
              report: Output[HTML], summary: Output[Markdown]) -> str:
     """Score the generator's samples; returns the MLflow evaluation run id."""
     from training import jobs
+    from training.kfp_plugin import task_metrics
 
     evaluated = jobs.evaluate(generator.path, dataset.path, samples, training_run_id=training_run_id,
                               parent_run_id=parent_run_id, classifier_dir=classifier.path,
                               report_html=report.path, report_md=summary.path)
-    for name, value in evaluated.evaluation.metrics.items():
+    for name, value in task_metrics(evaluated.evaluation.metrics).items():
         metrics.log_metric(name, value)
     report.metadata["mlflow_run"] = evaluated.link
     return evaluated.run_id

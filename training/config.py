@@ -167,6 +167,10 @@ class TrainConfig(_Parameters):
             raise ConfigError(
                 f"batch_size must be in 1..train_images={self.train_images} (got {self.batch_size})")
 
+    def as_given(self) -> dict[str, Any]:
+        """The values as given: 0 where the preset chose."""
+        return self.to_dict() | {name: 0 for name in self._chosen_by_preset}
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes`; what the preset chose is chosen again, by the new preset if it changes."""
         return dataclasses.replace(self, **{name: 0 for name in self._chosen_by_preset} | changes)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 
+from training import kfp_plugin
 from training.config import TrainConfig
 from training.data import Mnist, load_mnist
 from training.mlflow_env import EXPERIMENT
@@ -74,22 +75,38 @@ def start_job_run(name: str, config: TrainConfig):
 @contextlib.contextmanager
 def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = None):
     """Start the run `name` (or re-open `run_id`, or attach to `mlflow run`'s), as a child of
-    `parent_run_id` when one is given; a parent this process has not opened (a pipeline task's) is
-    re-entered first. The run ends FAILED if the body raises, with the error as its `error` tag."""
+    `parent_run_id` when one is given, in the parent's experiment; a parent this process has not opened
+    (a pipeline task's) is named, not re-opened. Under Kubeflow's MLflow plugin, the first run a task
+    opens under the pipeline's parent is the run KFP opened for the task (training/kfp_plugin.py). The
+    run ends FAILED if the body raises, with the error as its `error` tag."""
     active = mlflow.active_run()
     if parent_run_id and not (active and active.info.run_id == parent_run_id):
-        os.environ.pop("MLFLOW_RUN_ID", None)  # the pipeline's parent run, not a run to attach to
-        with mlflow.start_run(run_id=parent_run_id), start_run(name, parent_run_id, run_id) as run:
+        task_run_id, parent_run_id = kfp_plugin.task_run(parent_run_id)
+        os.environ.pop("MLFLOW_RUN_ID", None)  # a pipeline task's runs hang off its parent run
+        if task_run_id and run_id in (None, task_run_id):
+            run_id = task_run_id
+        if run_id:
+            started = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        else:
+            parent = mlflow.MlflowClient().get_run(parent_run_id)
+            started = mlflow.start_run(run_name=name, parent_run_id=parent_run_id,
+                                       experiment_id=parent.info.experiment_id, log_system_metrics=True)
+        with _failing_with_error(started) as run:
             yield run
         return
     nested = parent_run_id is not None
     if not (os.environ.get("MLFLOW_RUN_ID") or run_id or active):
         mlflow.set_experiment(EXPERIMENT)
-    parent = active if nested else None
-    # A child belongs to its parent's experiment, also in a process that re-opened the parent.
-    experiment_id = parent.info.experiment_id if parent and not run_id else None
-    with mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
-                          experiment_id=experiment_id, log_system_metrics=True) as run:
+    experiment_id = active.info.experiment_id if nested and not run_id else None
+    with _failing_with_error(mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
+                                              experiment_id=experiment_id, log_system_metrics=True)) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def _failing_with_error(started):
+    """The run `started`; an exception in the body is its `error` tag, and the run ends FAILED."""
+    with started as run:
         try:
             yield run
         except Exception as err:
@@ -113,8 +130,7 @@ def run_params(config: TrainConfig) -> dict[str, str]:
     """Every hyperparameter plus what the numbers depend on: backend, device, precision, versions."""
     from training import backend
 
-    params = {name: str(value).lower() if isinstance(value, bool) else str(value)
-              for name, value in config.to_dict().items()}
+    params = {name: param_text(value) for name, value in config.to_dict().items()}
     params.update(backend=backend.name(), device=backend.device_description(config.devices),
                   accelerator=backend.accelerator(),
                   compute_precision=backend.resolve_precision(config.precision),
@@ -124,13 +140,27 @@ def run_params(config: TrainConfig) -> dict[str, str]:
     return params
 
 
-def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed: bool) -> None:
-    """Params and the dataset input; a resumed run already has them (params are immutable)."""
+def param_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed: bool,
+              given: dict | None = None) -> None:
+    """Params and the dataset input; a resumed run already has them (params are immutable). `given`:
+    the hyperparameters as the caller gave them, before presets and the pipeline chose values."""
     if resumed:
         return
     # `mlflow run` has already logged the MLproject parameters, spelled as the user passed them.
-    already_logged = mlflow.active_run().data.params
+    run = mlflow.active_run()
+    already_logged = run.data.params
     params = {**run_params(config), "data_sha256": mnist.sha256}
+    if given and kfp_plugin.is_task_run(run.info.run_id):
+        # KFP's launcher logs the task's inputs (the hyperparameters as given) under their names after
+        # the task: ours say the same, spelled as it spells them; a value chosen since goes to effective.*
+        for name, value in given.items():
+            if params.get(name, param_text(value)) != param_text(value):
+                params[f"effective.{name}"] = params[name]
+            params[name] = kfp_plugin.launcher_spelling(value)
     mlflow.log_params({k: v for k, v in params.items() if k not in already_logged})
     log_dataset(mnist, num_train_images)
 

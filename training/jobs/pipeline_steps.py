@@ -18,18 +18,29 @@ def prepare_data(data: str, dataset_out: str) -> None:
 
 
 def open_run(data: str, dataset: str, pipeline_run: str) -> str:
-    """Open the parent MLflow run of a pipeline run (or adopt an injected MLFLOW_RUN_ID), with the
-    dataset logged by a nested `prepare-data` run; returns the parent run id."""
+    """The parent MLflow run of a pipeline run, with the dataset logged by a nested `prepare-data` run;
+    returns the parent run id. The parent is opened here, or adopted: the run Kubeflow's MLflow plugin
+    opened for the pipeline run (whose run for this task then holds the dataset), or an injected
+    MLFLOW_RUN_ID."""
     import mlflow
 
-    from training import tracking
+    from training import kfp_plugin, tracking
 
     mnist = load_mnist(dataset)
-    with tracking.start_run(f"kfp-{pipeline_run}", run_id=os.environ.get("MLFLOW_RUN_ID")) as parent:
-        mlflow.set_tags({"kfp_run": pipeline_run, "data_source": data, "data_sha256": mnist.sha256})
-        with tracking.start_run("prepare-data", parent.info.run_id):
-            tracking.log_dataset(mnist, len(mnist.x_train))
-    return parent.info.run_id
+    tags = {"kfp_run": pipeline_run, "data_source": data, "data_sha256": mnist.sha256}
+    plugin = kfp_plugin.active()
+    if plugin:
+        parent_run_id = plugin.parent_run_id
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():  # KFP's run: tagged without re-opening it (KFP ends it)
+            client.set_tag(parent_run_id, key, value)
+    else:
+        with tracking.start_run(f"kfp-{pipeline_run}", run_id=os.environ.get("MLFLOW_RUN_ID")) as parent:
+            mlflow.set_tags(tags)
+        parent_run_id = parent.info.run_id
+    with tracking.start_run("prepare-data", parent_run_id):
+        tracking.log_dataset(mnist, len(mnist.x_train))
+    return parent_run_id
 
 
 def train_classifier(dataset: str, classifier_out: str) -> float:

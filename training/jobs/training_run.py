@@ -45,6 +45,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     (checkpoint.pipeline_run_dir); `generator_out` receives a copy of the exported generator's file. A
     sweep's trial names its run `trial-<n>` and tags it `sweep_trial`. The FID curve's judge is the
     classifier in `classifier_dir` (a pipeline artifact) or the local cache's."""
+    given = config.as_given()
     if checkpoint_root is not None:
         own_dir, resume = checkpoint.pipeline_run_dir(
             Path(checkpoint_root) / config.checkpoint_dir,
@@ -74,7 +75,7 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
         continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
         if trial:
             mlflow.set_tag(TRIAL_TAG, str(trial))
-        tracking.log_start(config, mnist, num_images, resumed=continuing)
+        tracking.log_start(config, mnist, num_images, resumed=continuing, given=given)
         run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
         tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
         try:

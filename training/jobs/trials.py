@@ -96,9 +96,16 @@ def run_trial(trial: Trial, base: TrainConfig, samples: int, parent_run_id: str,
 
 def run_pipeline_trial(trial: Trial, base: TrainConfig, samples: int, pipeline_run: str, checkpoint_root: str,
                        classifier_dir: str) -> Outcome:
-    """run_trial under the parent MLflow run that `open_run` opened for the pipeline run."""
+    """run_trial under the parent MLflow run that `open_run` opened for the pipeline run, or under the
+    run Kubeflow's MLflow plugin opened for this iteration of the loop."""
     import mlflow
 
+    from training import kfp_plugin
+
+    plugin = kfp_plugin.active()
+    if plugin:
+        return run_trial(trial, base, samples, plugin.task_run_id or plugin.parent_run_id, checkpoint_root,
+                         classifier_dir)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     parents = client.search_runs([experiment.experiment_id] if experiment else [],

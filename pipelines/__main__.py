@@ -62,6 +62,9 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
     submit.add_argument("--token", default=None, help="bearer token (or set KF_PIPELINES_TOKEN)")
     submit.add_argument("--cookie", default=None, help="session cookie, e.g. authservice_session=...")
     submit.add_argument("--wait", action="store_true", help="wait for the run; exit 1 if it fails")
+    submit.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                        help="where KFP's MLflow plugin is on: the MLflow experiment of this run's runs "
+                             "(default: the plugin's)")
     submit.add_argument("--service-account", default=None,
                         help="the run's Kubernetes service account (default: KFP's; with --inference-service "
                              "it needs infra/k8s/serving/deployer.yaml's Role)")
@@ -99,7 +102,8 @@ def prepare(args: argparse.Namespace):
         token = args.token or os.environ.get("KF_PIPELINES_TOKEN")
         run_id, url = runner.submit(args.host, arguments, settings, args.namespace, args.experiment,
                                     args.run_name, token, args.cookie, args.wait, trials=trials,
-                                    service_account=args.service_account)
+                                    service_account=args.service_account,
+                                    mlflow_experiment=args.mlflow_experiment)
         return f"pipeline: submitted run {run_id}: {url}"
 
     return submit

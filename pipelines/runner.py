@@ -122,8 +122,10 @@ def _visible_to_containers(data: str, pipeline_root: Path) -> str:
 def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str | None = None,
            experiment: str = "mnist-gan", run_name: str | None = None, token: str | None = None,
            cookie: str | None = None, wait: bool = False, timeout_s: int = 24 * 3600,
-           trials: list | None = None, service_account: str | None = None) -> tuple[str, str]:
-    """Submit a freshly compiled pipeline, run by `service_account` (None: KFP's default); returns
+           trials: list | None = None, service_account: str | None = None,
+           mlflow_experiment: str | None = None) -> tuple[str, str]:
+    """Submit a freshly compiled pipeline, run by `service_account` (None: KFP's default), its MLflow
+    runs in `mlflow_experiment` where KFP's MLflow plugin is on (None: the plugin's default); returns
     (run id, run URL). With wait, raises on failure."""
     import tempfile
 
@@ -136,10 +138,17 @@ def submit(host: str, arguments: dict, settings: ClusterSettings, namespace: str
                             cookies=cookie)
         with tempfile.TemporaryDirectory() as tmp:
             package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings, trials)
-            run = client.create_run_from_pipeline_package(
-                str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
-                run_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
-                service_account=service_account)
+            # kfp.Client's own create_run* cannot send the run's plugins_input (kfp 2.17): the same
+            # request, built here with it.
+            job = client._create_job_config(params=arguments, pipeline_package_path=str(package),
+                                            pipeline_id=None, version_id=None, enable_caching=None,
+                                            cache_key=None, pipeline_root=None)
+            plugins = {"mlflow": {"experiment_name": mlflow_experiment}} if mlflow_experiment else None
+            run = client._run_api.run_service_create_run(run=kfp_server_api.V2beta1Run(
+                experiment_id=client.create_experiment(experiment, namespace=namespace).experiment_id,
+                display_name=run_name or f"mnist-gan {datetime.datetime.now():%Y-%m-%d %H:%M:%S}",
+                pipeline_spec=job.pipeline_spec, runtime_config=job.runtime_config,
+                service_account=service_account, plugins_input=plugins))
     except urllib3.exceptions.HTTPError as err:
         raise RuntimeError(f"Kubeflow Pipelines at {host} is unreachable ({type(err).__name__})") from None
     except kfp_server_api.ApiException as err:

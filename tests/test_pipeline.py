@@ -196,6 +196,20 @@ def test_the_run_that_deploys_runs_under_the_service_account_given(tmp_path):
     assert "comp-deploy" in run["body"]["pipeline_spec"]["pipeline_spec"]["components"]
 
 
+@pytest.mark.parametrize(("flags", "plugins_input"), [
+    pytest.param(["--mlflow-experiment", "gan-team-a"], {"mlflow": {"experiment_name": "gan-team-a"}},
+                 id="chosen"),
+    pytest.param([], None, id="the-plugins-default")])
+def test_submit_picks_the_mlflow_experiment_of_kfps_mlflow_plugin(tmp_path, flags, plugins_input):
+    """The run's `plugins_input` (KFP 2.17 API, V2beta1Run field 19), which kfp.Client cannot send."""
+    api = KfpApi()
+    with api.serve() as host:
+        result = run_cli(["pipeline", "submit", "--host", host, *flags], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = [r for r in api.requests if r["method"] == "POST" and r["path"].endswith("/runs")]
+    assert run["body"].get("plugins_input") == plugins_input
+
+
 def test_submit_with_a_cookie_and_a_failing_run(tmp_path):
     api = KfpApi(final_state="FAILED")
     with api.serve() as host:

@@ -11,6 +11,9 @@ the database before the new server starts. A Kubernetes secret and the manifest'
   MLFLOW_SERVER_ALLOWED_HOSTS     the Host headers clients send, e.g. mlflow.mnist-gan.svc:5000
   MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY
   MLFLOW_AUTH_DEFAULT_PERMISSION  what a signed-in user may do where nobody granted more (default READ)
+  MLFLOW_ENABLE_WORKSPACES        true: workspaces (one per team or Kubeflow namespace; clients pick one
+                                  with MLFLOW_WORKSPACE); a user who is not admin creates runs and models
+                                  in a workspace only through a role granting USE or MANAGE on it
   MLFLOW_HOST (0.0.0.0), MLFLOW_PORT (5000), MLFLOW_WORKERS (2)
 
 It imports only the standard library, MLflow's dependencies and boto3: the image has no TensorFlow.
@@ -87,11 +90,15 @@ def main(args: list[str]) -> None:
         ensure_bucket(destination)
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(backend_store_uri))
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    workspaces = os.environ.get("MLFLOW_ENABLE_WORKSPACES", "false").lower()
+    if workspaces not in ("true", "false"):
+        fail(f"MLFLOW_ENABLE_WORKSPACES must be true or false (got {workspaces!r})")
     os.execvp("mlflow", [
         "mlflow", "server", "--app-name", "basic-auth",
         "--host", os.environ.get("MLFLOW_HOST", "0.0.0.0"), "--port", os.environ.get("MLFLOW_PORT", "5000"),
         "--workers", os.environ.get("MLFLOW_WORKERS", "2"),
-        "--backend-store-uri", backend_store_uri, "--artifacts-destination", destination])
+        "--backend-store-uri", backend_store_uri, "--artifacts-destination", destination,
+        *(["--enable-workspaces"] if workspaces == "true" else [])])
 
 
 if __name__ == "__main__":

@@ -15,16 +15,19 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
+from infra.local_stack import free_port
 from tests.conftest import run_cli
 from tests.support.container_stack import (
     BUCKET,
     HOSTS,
     IMAGE,
     SERVER_IMAGE,
+    container,
     engine,
     logs,
     run_args,
     tracking_stack,
+    wait_for,
 )
 from tests.support.secrets_scan import FAKE_SECRETS, USERNAME, leaks
 from training.config import JobConfig
@@ -71,6 +74,65 @@ def test_the_server_image_has_mlflow_and_no_tensorflow():
     assert result.stdout.split() == ["True", "True"]
     refused = engine("run", "--rm", SERVER_IMAGE, check=False)
     assert refused.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI" in refused.stderr
+
+
+# Run inside the server image (it has MLflow's auth app; the project's venv has not): the admin makes
+# workspace team-a and user `pipeline`, who may write there only once a role grants USE on it.
+WORKSPACE_ROLES = """
+import json, os, sys
+import mlflow
+from mlflow.server.auth.client import AuthServiceClient
+
+uri = sys.argv[1]
+def as_user(name, password, workspace=None):
+    os.environ.update(MLFLOW_TRACKING_USERNAME=name, MLFLOW_TRACKING_PASSWORD=password)
+    os.environ.pop("MLFLOW_WORKSPACE", None)
+    os.environ.update({"MLFLOW_WORKSPACE": workspace} if workspace else {})
+    return mlflow.MlflowClient(uri)
+
+def creates_experiment(client, name):
+    try:
+        return bool(client.create_experiment(name))
+    except mlflow.exceptions.MlflowException as err:
+        return err.error_code
+as_user("admin", "admin-password-1").create_workspace("team-a")
+admin = AuthServiceClient(uri)
+admin.create_user("pipeline", "pipeline-password-1")
+before = creates_experiment(as_user("pipeline", "pipeline-password-1", "team-a"), "mnist-gan")
+as_user("admin", "admin-password-1", "team-a")
+role = admin.create_role("team-a", "pipelines")
+admin.add_role_permission(role.id, "workspace", "*", "USE")
+admin.assign_role("pipeline", role.id)
+team = as_user("pipeline", "pipeline-password-1", "team-a")
+after = creates_experiment(team, "mnist-gan")
+team.create_registered_model("mnist-gan-generator")
+team_models = [m.name for m in team.search_registered_models()]
+default = as_user("pipeline", "pipeline-password-1")  # clients read the workspace at each request
+print(json.dumps({"before_the_role": before, "with_the_role": after,
+                  "in_default": creates_experiment(default, "elsewhere"), "team_models": team_models}))
+"""
+
+
+def test_the_server_image_with_workspaces_lets_a_user_write_only_where_a_role_allows(tmp_path):
+    """MLFLOW_ENABLE_WORKSPACES=true, as the tracking stack turns workspaces on: MLflow 3.17's basic-auth
+    app and workspaces together."""
+    port = free_port()
+    env = {"MLFLOW_BACKEND_STORE_URI": "sqlite:////tmp/store.db",
+           "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/artifacts", "MLFLOW_HOST": "127.0.0.1",
+           "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+           "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port}", "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1", "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret",
+           "MLFLOW_ENABLE_WORKSPACES": "true"}
+    refused = engine("run", "--rm", *run_args({**env, "MLFLOW_ENABLE_WORKSPACES": "yes"}), SERVER_IMAGE,
+                     env={**env, "MLFLOW_ENABLE_WORKSPACES": "yes"}, check=False)
+    assert refused.returncode == 2 and "MLFLOW_ENABLE_WORKSPACES must be true or false" in refused.stderr
+    uri = f"http://127.0.0.1:{port}"
+    with container(SERVER_IMAGE, env=env) as server:
+        wait_for(lambda: requests.get(f"{uri}/health", timeout=2).status_code == 200, "the server", server)
+        done = engine("exec", server, "python", "-c", WORKSPACE_ROLES, uri)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "before_the_role": "PERMISSION_DENIED", "with_the_role": True, "in_default": "PERMISSION_DENIED",
+        "team_models": ["mnist-gan-generator"]}
 
 
 @pytest.fixture(scope="module")

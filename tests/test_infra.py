@@ -108,3 +108,4 @@ def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_pat
     with taken, on_free_ports(start) as port:
         assert port == tried[1] != tried[0], tried
         assert "Address already in use" in (tmp_path / f"server-{tried[0]}.log").read_text()
+

@@ -135,6 +135,49 @@ def test_one_run_tree_kfps_with_our_records_in_its_task_runs(team, tmp_path, mni
     assert {run for run, _ in plugin.batches} == launched, "KFP's launcher logged into every task's run"
 
 
+def test_a_sweeps_trials_land_under_the_runs_of_kfps_loop_iterations(team, tmp_path, mnist_path):
+    """dsl.ParallelFor: KFP's loop run, one run per iteration beneath it (same name), each trial's
+    training and evaluation nested in its iteration's run; the ranking on KFP's parent, still running."""
+    from training.sweep import Trial
+
+    plugin = Plugin(team, experiment_name="gan-sweep", workspace=WORKSPACE)
+    env, out = _env(tmp_path, team), tmp_path / "artifacts"
+    (out / "data").mkdir(parents=True)
+    dataset, classifier = out / "data" / "mnist.npz", out / "classifier"
+    plugin.run_task("prepare-data", {"data": str(mnist_path)}, {"dataset": dataset}, env, tmp_path)
+    plugin.run_task("train-classifier", {}, {"dataset": dataset, "classifier": classifier}, env, tmp_path)
+    _, parent = plugin.run_task("open-mlflow-run", {"data": str(mnist_path), "kfp_run": plugin.kfp_run_id},
+                                {"dataset": dataset}, env, tmp_path)
+    loop = plugin.dag_run("for-loop-2")
+    trials = [Trial(1, {"seed": 1}).to_json(), Trial(2, {"seed": 2}).to_json()]
+    iterations, outcomes = {}, []
+    for trial in trials:
+        arguments = {"kfp_run": plugin.kfp_run_id, "checkpoint_root": str(tmp_path / "ckpt"), "trial": trial,
+                     "samples": 500, **TRAINING}
+        iteration, outcome = plugin.run_task("train-and-evaluate-trial", arguments,
+                                             {"dataset": dataset, "classifier": classifier}, env, tmp_path,
+                                             parent_run_id=loop)
+        iterations[json.loads(trial)["index"]] = iteration
+        outcomes.append(outcome)
+    plugin.run_task("rank-trials", {"trials": trials, "parent_run_id": parent, "outcomes": outcomes, **RULE},
+                    {}, env, tmp_path)
+    assert plugin.client.get_run(plugin.parent_run_id).info.status == "RUNNING", "KFP ends its parent"
+    plugin.end()
+
+    client = plugin.client
+    every = client.search_runs([plugin.experiment_id])
+    parents = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in every}
+    for index, iteration in iterations.items():
+        (trial_run,) = [r for r in every if r.data.tags.get("sweep_trial") == str(index)]
+        assert trial_run.info.run_name == f"trial-{index}" and parents[trial_run.info.run_id] == iteration
+        evaluation = client.get_run(trial_run.data.tags["evaluation_run_id"])
+        assert parents[evaluation.info.run_id] == iteration
+        assert parents[iteration] == loop and parents[loop] == plugin.parent_run_id
+    assert client.get_run(plugin.parent_run_id).data.metrics["trials_finished"] == 2
+    # the parent; 3 tasks and the loop; 2 iterations; a training and an evaluation run each; rank-trials
+    assert len(every) == 1 + 4 + 2 + 4 + 1
+
+
 def test_a_retried_training_task_resumes_in_its_reopened_run(team, tmp_path, mnist_path):
     """Killed mid-epoch; KFP ends the run FAILED, then its retry reopens the run and runs the task again
     with the same nested run (the driver's output is reused)."""

@@ -116,14 +116,19 @@ def _failing_with_error(started):
 
 @contextlib.contextmanager
 def on_run(run_id: str):
-    """Log onto the run `run_id`: the active run, or re-opened (a pipeline task logging on its parent)."""
+    """Log onto the run `run_id`: the active run, or re-opened (a pipeline task logging on its parent) and
+    left with the status it had: a parent still running (KFP's, under its MLflow plugin) stays so."""
     active = mlflow.active_run()
     if active and active.info.run_id == run_id:
         yield active
         return
     os.environ.pop("MLFLOW_RUN_ID", None)
+    client = mlflow.MlflowClient()
+    status = client.get_run(run_id).info.status
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+    if status == "RUNNING":
+        client.update_run(run_id, status=status)
 
 
 def run_params(config: TrainConfig) -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from infra.local_stack import mlflow_server
 from tests.conftest import cli_env, run_cli
-from tests.support.kfp_mlflow_plugin import TASK, Plugin
+from tests.support.kfp_mlflow_plugin import Plugin, task_command
 from tests.test_reliability import STEPS, _history, _logged_past_checkpoint, _wait_for
 from training.mlflow_env import EXPERIMENT
 
@@ -190,8 +190,7 @@ def test_a_retried_training_task_resumes_in_its_reopened_run(team, tmp_path, mni
     arguments = {"parent_run_id": plugin.parent_run_id, "checkpoint_root": str(tmp_path / "ckpt"),
                  **TRAINING, "train_images": 4096, "epochs": 3}
     artifacts = {"dataset": dataset, "generator": tmp_path / "generator", "metrics": tmp_path / "metrics"}
-    first = subprocess.Popen([sys.executable, "-c", TASK, "train_gan", json.dumps(arguments),
-                              json.dumps({k: str(v) for k, v in artifacts.items()})], cwd=tmp_path,
+    first = subprocess.Popen(task_command("train-gan", arguments, artifacts), cwd=tmp_path,
                              env={**env, **plugin.environment(task_run)}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     run_dir, _ = _wait_for(lambda: _logged_past_checkpoint(

@@ -13,6 +13,7 @@ task opens under it is the task's own run when KFP made one (later runs of that 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ class Plugin:
     task_run_id: str | None  # KFP's nested run for this task, when the plugin tells the task
 
 
+@functools.cache
 def active() -> Plugin | None:
-    """The plugin's runs for this task, or None when KFP's MLflow plugin is off."""
+    """The plugin's runs for this task, or None when KFP's MLflow plugin is off; read once per process,
+    since MLFLOW_RUN_ID leaves the environment when a run is re-opened (MLflow and we remove it)."""
     raw = os.environ.get(CONFIG_VARIABLE)
     if not raw:
         return None

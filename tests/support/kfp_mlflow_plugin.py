@@ -48,6 +48,12 @@ print(json.dumps({"result": result if not isinstance(result, tuple) else list(re
 """
 
 
+def task_command(task: str, arguments: dict, artifacts: dict[str, Path]) -> list[str]:
+    """The process that runs `task`'s component function with `arguments` and local `artifacts`."""
+    return [sys.executable, "-c", TASK, task.replace("-", "_"), json.dumps(arguments),
+            json.dumps({name: str(path) for name, path in artifacts.items()})]
+
+
 def go_json(value) -> str:
     """A parameter value as Go's encoding/json writes it (strconv 'f' formatting between 1e-6 and 1e21,
     exponent without leading zeros outside), written independently of the project's own spelling."""
@@ -115,10 +121,9 @@ class Plugin:
 
         task_run_id = task_run_id or self.nested_run(task, parent_run_id)
         function = getattr(gan, task.replace("-", "_")).python_func
-        done = subprocess.run([sys.executable, "-c", TASK, task.replace("-", "_"), json.dumps(arguments),
-                               json.dumps({k: str(v) for k, v in artifacts.items()})],
-                              cwd=cwd, env={**env, **self.environment(task_run_id)}, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        done = subprocess.run(task_command(task, arguments, artifacts), cwd=cwd,
+                              env={**env, **self.environment(task_run_id)}, capture_output=True, text=True,
+                              timeout=timeout, check=False)
         finished = done.returncode == 0
         output = json.loads(done.stdout.strip().splitlines()[-1]) if finished else {"metrics": {}}
         self.launcher_end(task_run_id, function, arguments, output["metrics"], finished)

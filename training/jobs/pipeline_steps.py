@@ -31,9 +31,8 @@ def open_run(data: str, dataset: str, pipeline_run: str) -> str:
     plugin = kfp_plugin.active()
     if plugin:
         parent_run_id = plugin.parent_run_id
-        client = mlflow.MlflowClient()
-        for key, value in tags.items():  # KFP's run: tagged without re-opening it (KFP ends it)
-            client.set_tag(parent_run_id, key, value)
+        with tracking.on_run(parent_run_id):  # KFP's run: still running when we leave it (KFP ends it)
+            mlflow.set_tags(tags)
     else:
         with tracking.start_run(f"kfp-{pipeline_run}", run_id=os.environ.get("MLFLOW_RUN_ID")) as parent:
             mlflow.set_tags(tags)

@@ -173,7 +173,7 @@ class TrainConfig(_Parameters):
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes`; what the preset chose is chosen again, by the new preset if it changes."""
-        return dataclasses.replace(self, **{name: 0 for name in self._chosen_by_preset} | changes)
+        return dataclasses.replace(self, **self.as_given() | changes)
 
     @property
     def keeps_best(self) -> bool:

@@ -82,7 +82,7 @@ def train_and_evaluate_trial(
 
 @dsl.component(base_image=IMAGE)
 def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, min_classes_covered: int,
-                parent_run_id: str = "", outcomes: Optional[list] = None,  # noqa: UP045 (kfp reads Optional, not `| None`)
+                confidence: float, parent_run_id: str = "", outcomes: Optional[list] = None,  # noqa: UP045 (kfp reads Optional, not `| None`)
                 ) -> NamedTuple("Winner", training_run_id=str, evaluation_run_id=str):
     """Rank the sweep's trials by the promotion rule (the ranking goes onto the parent run); returns
     the winner's runs. Fails when every trial failed. It runs even when a trial's task failed, so its
@@ -95,7 +95,7 @@ def rank_trials(trials: list, min_fid_gain: float, max_classes_lost: int, min_cl
 
     ranking = jobs.rank_trials(parent_run_id, [Trial.from_json(t) for t in trials],
                                [Outcome.from_json(o) for o in outcomes or []],
-                               PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered))
+                               PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered, confidence))
     winner = ranking.winner
     print(f"sweep: trial {winner.trial.index} of {len(trials)} wins (run {winner.training_run_id})")
     return namedtuple("Winner", "training_run_id evaluation_run_id")(winner.training_run_id,
@@ -130,12 +130,12 @@ def evaluate(dataset: Input[Dataset], generator: Input[Model], classifier: Input
 
 @dsl.component(base_image=IMAGE)
 def evaluation_gate(evaluation_run_id: str, min_fid_gain: float, max_classes_lost: int,
-                    min_classes_covered: int) -> bool:
+                    min_classes_covered: int, confidence: float) -> bool:
     """True when the promotion rule admits the evaluated generator at all (the classes it covers)."""
     from training import jobs
     from training.promotion import PromotionRule
 
-    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered)
+    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered, confidence)
     passes, why = jobs.passes_gate(evaluation_run_id, rule)
     print(f"evaluation gate: {'passed' if passes else 'refused'}: {why}")
     return passes
@@ -150,21 +150,24 @@ def register(parent_run_id: str, training_run_id: str, evaluation_run_id: str, m
 
 
 @dsl.component(base_image=IMAGE)
-def promote(parent_run_id: str, model_name: str, version: str, min_fid_gain: float, max_classes_lost: int,
-            min_classes_covered: int, generator: Input[Model] = None
+def promote(parent_run_id: str, model_name: str, version: str, dataset: Input[Dataset],
+            classifier: Input[Model], samples: int, min_fid_gain: float, max_classes_lost: int,
+            min_classes_covered: int, confidence: float, generator: Input[Model] = None
             ) -> NamedTuple("Promotion", promoted=bool, decision=str):
     """Move `champion` to this run's version (not whatever `challenger` points at by now, which a
-    concurrent run may have moved) if the promotion rule says so; returns whether it moved, and the
-    decision as JSON. The `generator` artifact, when given, is checked in place; otherwise the
-    version's files are."""
+    concurrent run may have moved) if the promotion rule says so, scored head to head with the champion
+    by the pipeline's classifier on the dataset's test split; returns whether it moved, and the decision
+    as JSON. The `generator` artifact, when given, is checked in place; otherwise the version's files are."""
     import json
     from collections import namedtuple
 
     from training import jobs
+    from training.head_to_head import Judge
     from training.promotion import PromotionRule
 
-    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered)
-    decision = jobs.promote(model_name, rule, parent_run_id=parent_run_id, version=version,
+    rule = PromotionRule(min_fid_gain, max_classes_lost, min_classes_covered, confidence)
+    judge = Judge(dataset.path, samples, classifier_dir=classifier.path)
+    decision = jobs.promote(model_name, rule, judge, parent_run_id=parent_run_id, version=version,
                             generator_file=generator and f"{generator.path}/generator.keras").decision
     said = {"promoted": decision.promote, "reason": decision.reason, "version": decision.challenger}
     return namedtuple("Promotion", "promoted decision")(decision.promote, json.dumps(said))

@@ -23,8 +23,10 @@ def entry_points(train=TrainConfig, job=JobConfig) -> dict[str, tuple[str, list]
                      ["generator", param(train, "data"), param(job, "samples"), param(train, "seed")]),
         "register": ("register a trained generator as the model's challenger",
                      ["training_run_id", "evaluation_run_id", param(job, "model_name")]),
-        "promote": ("make the challenger champion if the promotion rule says so",
-                    [param(job, name) for name in ("model_name", *RULE_PARAMS)]),
+        "promote": (("make the challenger champion if the promotion rule says so, scored head to head "
+                     "with the champion on data's test split"),
+                    [param(train, "data"),
+                     *(param(job, name) for name in ("model_name", "samples", *RULE_PARAMS))]),
         "rollback": ("point champion back at the version it replaced", [param(job, "model_name")]),
     }
 

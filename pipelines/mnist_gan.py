@@ -107,14 +107,14 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
                   max_steps: int = 0, max_minutes: float = 0.0, precision: str = "auto", log_every: int = 50,
                   checkpoint_dir: str = "checkpoints", resume: bool = False, samples: int = 10_000,
                   model_name: str = "mnist-gan-generator", min_fid_gain: float = 0.0,
-                  max_classes_lost: int = 0, min_classes_covered: int = 10):
+                  max_classes_lost: int = 0, min_classes_covered: int = 10, confidence: float = 0.95):
         # Parameters and defaults are TrainConfig's and JobConfig's (tests/test_config.py holds them),
         # but for `devices`: the GPUs the training task requests, a cluster setting.
         hyperparameters = {name: value for name, value in locals().items()
                            if name in names(TrainConfig) and name != "data"}
         # One PromotionRule, asked by the tasks that rank, gate and promote.
         rule = {"min_fid_gain": min_fid_gain, "max_classes_lost": max_classes_lost,
-                "min_classes_covered": min_classes_covered}
+                "min_classes_covered": min_classes_covered, "confidence": confidence}
         # Cacheable: the same data gives the same dataset, and so the same evaluator.
         prep = gan.prepare_data(data=data)
         classifier = gan.train_classifier(dataset=prep.outputs["dataset"])
@@ -155,7 +155,8 @@ def build(settings: ClusterSettings = ClusterSettings(), trials: list | None = N
         tracked += [registered, gate]
         with dsl.If(gate.output == True):  # a KFP condition on the gate task, not a Python bool
             promoted = gan.promote(parent_run_id=parent, model_name=model_name, version=registered.output,
-                                   **rule, **generator)
+                                   dataset=prep.outputs["dataset"], samples=samples,
+                                   classifier=classifier.outputs["classifier"], **rule, **generator)
             tracked.append(promoted)
             if settings.serving:  # namespace "": the pod's own (a component input cannot be None)
                 target = settings.serving

@@ -195,23 +195,19 @@ def test_what_deploy_sends_is_valid_under_kserves_crd(tmp_path, monkeypatch):
 
 EVALUATED = {"kid": 0.01, "classifier_score": 9.0, "precision": 0.8, "recall": 0.7, "classes_covered": 10.0,
              "kl_to_uniform": 0.01, "samples": 10_000.0}
-RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 10}
 
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     """A sqlite registry (where `run_cli` tracks) whose model files would be behind a tracking server
-    (mlflow-artifacts:/), and a generator file for promote to check in place."""
+    (mlflow-artifacts:/)."""
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.create_experiment("generators", artifact_location="mlflow-artifacts:/7")
-    (tmp_path / "generator").mkdir()
-    (tmp_path / "generator" / "generator.keras").write_bytes(b"not checked: no checksum recorded")
     parent = client.create_run(experiment).info.run_id
-    return SimpleNamespace(client=client, experiment=experiment, parent=parent,
-                           generator=SimpleNamespace(path=str(tmp_path / "generator")))
+    return SimpleNamespace(client=client, experiment=experiment, parent=parent)
 
 
 def register(registry, name: str, fid: float) -> tuple[str, str]:
@@ -226,12 +222,13 @@ def register(registry, name: str, fid: float) -> tuple[str, str]:
     return str(version), f"s3://mlflow-artifacts/7/models/{model.model_id}/artifacts"
 
 
-def promote(registry, name: str, version: str) -> bool:
-    """The pipeline's promote task, run here; returns whether the champion moved."""
-    from components import gan
-
-    return gan.promote.python_func(parent_run_id=registry.parent, model_name=name, version=version,
-                                   generator=registry.generator, **RULE).promoted
+def crown(registry, name: str, version: str) -> None:
+    """Make `version` champion as a promotion records it (promotion itself, with its head-to-head of real
+    generators, is tests/test_promotion.py's)."""
+    champion = registry.client.get_registered_model(name).aliases.get("champion")
+    if champion:
+        registry.client.set_model_version_tag(name, version, "promotion.previous_champion", str(champion))
+    registry.client.set_registered_model_alias(name, "champion", version)
 
 
 def served(registry, name: str) -> dict[str, tuple[str | None, str | None]]:
@@ -245,8 +242,8 @@ def served_uri(api) -> str:
 
 def test_the_pipelines_deploy_follows_each_champion_and_the_registry_records_who_serves(
         tmp_path, monkeypatch, registry):
-    """promote, then deploy when the champion moved (their components' bodies, as the pipeline runs
-    them); a canary, then the full rollout; then `rollback` re-points the service."""
+    """deploy when the champion moved (its component's body, as the pipeline runs it); a canary, then the
+    full rollout; then `rollback` re-points the service."""
     from components import gan
     from training import jobs
 
@@ -256,12 +253,12 @@ def test_the_pipelines_deploy_follows_each_champion_and_the_registry_records_who
     inputs = {"model_name": name, "inference_service": "mnist-gan", "namespace": "",
               "artifacts_destination": "s3://mlflow-artifacts", "model_reader": READER, "timeout": 30}
     with cluster(tmp_path, monkeypatch) as api:
-        assert promote(registry, name, first)
+        crown(registry, name, first)
         gan.deploy.python_func(**inputs, canary_traffic_percent=0)
         assert served_uri(api) == first_uri and served(registry, name) == {first: (here, None),
                                                                             second: (None, None)}
 
-        assert promote(registry, name, second)
+        crown(registry, name, second)
         gan.deploy.python_func(**inputs, canary_traffic_percent=10)
         assert served_uri(api) == second_uri
         assert api.objects[("team-a", "mnist-gan")]["spec"]["predictor"]["canaryTrafficPercent"] == 10
@@ -283,7 +280,8 @@ def test_the_deploy_and_rollback_commands(tmp_path, monkeypatch, registry):
     name = "cli-test"
     first, first_uri = register(registry, name, fid=50.0)
     second, second_uri = register(registry, name, fid=40.0)
-    assert promote(registry, name, first) and promote(registry, name, second)
+    crown(registry, name, first)
+    crown(registry, name, second)
     with cluster(tmp_path, monkeypatch, reconcile_after=0) as api:  # $KUBECONFIG passes on to the CLI
         code, deployed, stderr, heavy = cli_with_imports(["deploy", "--name", name, "--inference-service",
                                                           "mnist-gan"], tmp_path)
@@ -305,7 +303,7 @@ def test_a_deploy_not_ready_in_time_exits_1_with_one_line_and_records_nothing(tm
                                                                                registry):
     name = "late-test"
     version, _ = register(registry, name, fid=50.0)
-    assert promote(registry, name, version)
+    crown(registry, name, version)
     with cluster(tmp_path, monkeypatch, ready="False", reason="RevisionFailed", message="image pull") as api:
         late = run_cli(["deploy", "--name", name, "--inference-service", "mnist-gan", "--timeout", "1"],
                        tmp_path)

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kfp-mlflow-plugin")]
 WORKSPACE = "team-a"
 MODEL = "mnist-gan-generator"
 TRAINING = {"preset": "cpu", "train_images": 256, "epochs": 1, "log_every": 2, "eval_samples": 500}
-RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 0}
+RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 0, "confidence": 0.95}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,10 @@ def _run_pipeline(plugin: Plugin, tmp_path, mnist_path) -> dict[str, str]:
     runs["version"] = task("register", {"parent_run_id": parent, "training_run_id": training_run,
                                         "evaluation_run_id": evaluation_run, "model_name": MODEL}, {})
     runs["condition-1"] = plugin.dag_run("condition-1")
-    task("promote", {"parent_run_id": parent, "model_name": MODEL, "version": runs["version"], **RULE},
-         {"generator": generator}, parent_run_id=runs["condition-1"])
+    task("promote", {"parent_run_id": parent, "model_name": MODEL, "version": runs["version"], "samples": 500,
+                     **RULE},
+         {"dataset": dataset, "classifier": classifier, "generator": generator},
+         parent_run_id=runs["condition-1"])
     unfinished = [run.info.run_name for run in plugin.client.search_runs([plugin.experiment_id])
                   if run.info.status != "FINISHED" and run.info.run_id != plugin.parent_run_id]
     assert unfinished == [], "every task's run ended before the pipeline run"

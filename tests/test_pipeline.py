@@ -35,8 +35,10 @@ def test_the_task_graph(compiled):
         "train-gan": {"prepare-data", "open-mlflow-run", "train-classifier"},  # the FID curve's judge
         "evaluate": {"prepare-data", "open-mlflow-run", "train-gan", "train-classifier"},
         "evaluation-gate": {"evaluate"}, "register": {"open-mlflow-run", "train-gan", "evaluate"},
-        # promote checks the generator artifact itself, so it also waits on train-gan
-        "condition-1": {"evaluation-gate", "open-mlflow-run", "register", "train-gan"}}
+        # promote checks the generator artifact itself, so it also waits on train-gan, and scores it
+        # head to head with the champion on the dataset's test split, by the pipeline's classifier
+        "condition-1": {"evaluation-gate", "open-mlflow-run", "register", "train-gan", "prepare-data",
+                        "train-classifier"}}
     assert "evaluation-gate-Output" in tasks["condition-1"]["triggerPolicy"]["condition"]
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert list(inner) == ["promote"]

@@ -1,18 +1,29 @@
 """The registry: a version points at the run that trained it, carries its evaluation and checksum,
-travels into another registry, and is refused when its files were modified or lost."""
+travels into another registry, and is refused when its files were modified or lost, or when the
+evaluation offered with it scored another generator."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from infra.local_stack import free_port
 from tests.conftest import cli_env
-from tests.support.two_generators import USES_LAB, champion, copy_of_the_trained_generator, version_tags
+from tests.support.two_generators import (
+    SAMPLES,
+    USES_LAB,
+    champion,
+    copy_of_the_trained_generator,
+    exported_generator,
+    version_tags,
+)
+from training.registry import logged_model_id
 
 pytestmark = USES_LAB
 
@@ -80,3 +91,98 @@ def test_a_version_is_the_logged_model_of_the_run_that_trained_it(lab):
     assert metrics["fid"].run_id == lab.trained_eval, "the evaluation run scored this model"
     assert (metrics["final_g_loss"].dataset_name == "mnist"
             and metrics["final_g_loss"].run_id == lab.trained_run)
+
+
+def _generator_sha256(lab, training_run_id: str) -> str:
+    return lab.client.get_logged_model(logged_model_id(lab.client, training_run_id)).tags["generator_sha256"]
+
+
+def _all_runs(lab) -> dict[str, tuple]:
+    """Every run of the store with what it holds: what a refused command must leave as it was."""
+    experiments = [e.experiment_id for e in lab.client.search_experiments()]
+    return {run.info.run_id: (run.data.tags, run.data.metrics, run.data.params)
+            for run in lab.client.search_runs(experiments, max_results=5000)}
+
+
+def _refused(result, command: str, *words: str) -> None:
+    said = result.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"mnist-gan {command}: error: "), result.stderr[-3000:]
+    assert all(word in said[0] for word in words), said
+
+
+def test_an_evaluation_records_the_generator_file_and_the_evaluator_weights_it_used(lab):
+    trained, collapsed = (lab.client.get_run(run).data.params
+                          for run in (lab.trained_eval, lab.collapsed_eval))
+    assert trained["generator_sha256"] == _generator_sha256(lab, lab.trained_run)
+    assert collapsed["generator_sha256"] == _generator_sha256(lab, lab.collapsed_run)
+    assert trained["generator_sha256"] != collapsed["generator_sha256"]
+    assert len(trained["evaluator_sha256"]) == 64 and trained["evaluator_sha256"] != trained["evaluator"]
+    assert collapsed["evaluator_sha256"] == trained["evaluator_sha256"], "one classifier scored both"
+
+
+def _legacy_evaluation(lab, training_run_id: str | None) -> str:
+    """An evaluation of the trained generator as runs made before evaluations recorded their generator:
+    metrics, samples and (maybe) a training_run_id tag."""
+    source = lab.client.get_run(lab.trained_eval)
+    tags = {"training_run_id": training_run_id} if training_run_id else None
+    run_id = lab.client.create_run(source.info.experiment_id, tags=tags).info.run_id
+    for key, value in source.data.metrics.items():
+        lab.client.log_metric(run_id, key, value)
+    lab.client.log_param(run_id, "samples", source.data.params["samples"])
+    lab.client.set_terminated(run_id)
+    return run_id
+
+
+def test_an_evaluation_of_another_generator_is_not_registered(lab):
+    name = "ownership-test"
+    of_the_collapsed, unlinked = _legacy_evaluation(lab, lab.collapsed_run), _legacy_evaluation(lab, None)
+    before = _all_runs(lab)
+    refused = lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+                      "--evaluation-run-id", lab.collapsed_eval, expect=2)
+    _refused(refused, "register", lab.collapsed_eval, lab.trained_run, "nothing was registered")
+    for legacy in (of_the_collapsed, unlinked):
+        refused = lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+                          "--evaluation-run-id", legacy, expect=2)
+        _refused(refused, "register", legacy, lab.trained_run, "cannot tell which generator it scored")
+    assert lab.client.search_registered_models(f"name = '{name}'") == []
+    assert _all_runs(lab) == before, "a refused registration wrote nothing"
+
+    for evaluation in (_legacy_evaluation(lab, lab.trained_run), lab.trained_eval):
+        lab.cli("register", "--name", name, "--training-run-id", lab.trained_run,
+                "--evaluation-run-id", evaluation)
+    assert "evaluator_sha256" not in version_tags(lab, name, "1")
+    evaluator = lab.client.get_run(lab.trained_eval).data.params["evaluator_sha256"]
+    assert version_tags(lab, name, "2")["evaluator_sha256"] == evaluator
+
+
+@pytest.mark.parametrize("case", ["another generator", "a run that logged none", "a run that does not exist"])
+def test_an_evaluation_is_not_recorded_on_a_run_that_did_not_log_its_generator(lab, case):
+    if case == "a run that logged none":
+        experiment = lab.client.get_experiment_by_name("mnist-gan").experiment_id
+        training_run_id = lab.client.create_run(experiment, run_name="no model").info.run_id
+        lab.client.set_terminated(training_run_id)
+    else:
+        training_run_id = {"another generator": lab.trained_run, "a run that does not exist": "0" * 32}[case]
+    before = _all_runs(lab)
+    refused = lab.cli("evaluate", "--generator", f"runs:/{lab.collapsed_run}", "--data", str(lab.mnist_path),
+                      "--samples", SAMPLES, "--training-run-id", training_run_id,
+                      expect=1 if case == "a run that does not exist" else 2)
+    _refused(refused, "evaluate", training_run_id)
+    if case != "a run that does not exist":
+        _refused(refused, "evaluate", f"runs:/{lab.collapsed_run}", "nothing was recorded")
+    assert _all_runs(lab) == before, "a refused evaluation wrote nothing"
+
+
+def test_the_pipelines_generator_artifact_is_evaluated_for_the_run_that_logged_it(lab, tmp_path):
+    """components/gan.py evaluates the training task's Model artifact: a folder holding generator.keras,
+    a copy of the file the training run logged (jobs.train's generator_out)."""
+    training_run_id = copy_of_the_trained_generator(lab)  # the lab's trained run stays as it is
+    folder = tmp_path / "generator-artifact"
+    folder.mkdir()
+    shutil.copyfile(exported_generator(lab, tmp_path), folder / "generator.keras")
+    out = lab.cli("evaluate", "--generator", str(folder), "--data", str(lab.mnist_path), "--samples", "500",
+                  "--training-run-id", training_run_id).stdout
+    evaluation = lab.client.get_run(lab.run_id(out, "evaluate")).data
+    assert evaluation.params["generator_sha256"] == _generator_sha256(lab, training_run_id)
+    assert evaluation.tags["training_run_id"] == training_run_id
+    assert lab.client.get_run(training_run_id).data.tags["evaluation_run_id"] == lab.run_id(out, "evaluate")

@@ -123,14 +123,14 @@ def test_the_winner_is_the_one_the_promotion_rule_keeps():
     evaluations = {"eval-1": _evaluation(30.0, 10), "eval-2": _evaluation(20.0, 8),
                    "eval-4": _evaluation(29.5, 10)}
     # the lowest FID (trial 2) loses two classes: the rule keeps trial 4, 0.5 better than trial 1
-    ranking = sweep.rank(outcomes, evaluations, PromotionRule(0.0, 0, 0), ["seed"])
+    ranking = sweep.rank(outcomes, evaluations, PromotionRule(0.0, 0, 0, 0.95), ["seed"])
     assert ranking.winner.trial.index == 4
     assert [(r["rank"], r["trial"], r["winner"]) for r in ranking.rows] == [
         (1, 2, False), (2, 4, True), (3, 1, False), (None, 3, False)]
     assert ranking.rows[-1]["status"] == "failed" and "NaN" in ranking.rows[-1]["error"]
     # a gain within the rule's margin does not win; losing classes the rule allows does
-    assert sweep.rank(outcomes, evaluations, PromotionRule(1.0, 0, 0), ["seed"]).winner.trial.index == 1
-    assert sweep.rank(outcomes, evaluations, PromotionRule(0.0, 2, 0), ["seed"]).winner.trial.index == 2
+    assert sweep.rank(outcomes, evaluations, PromotionRule(1.0, 0, 0, 0.95), ["seed"]).winner.trial.index == 1
+    assert sweep.rank(outcomes, evaluations, PromotionRule(0.0, 2, 0, 0.95), ["seed"]).winner.trial.index == 2
 
 
 def test_a_trial_that_covers_too_few_classes_never_wins_over_one_that_may_be_promoted():
@@ -138,12 +138,13 @@ def test_a_trial_that_covers_too_few_classes_never_wins_over_one_that_may_be_pro
     evaluations = {"eval-1": _evaluation(40.0, 5), "eval-2": _evaluation(38.0, 10),
                    "eval-4": _evaluation(10.0, 4)}
     # trial 2 is within the 5-FID margin of trial 1, but trial 1 could never be promoted
-    assert sweep.rank(outcomes, evaluations, PromotionRule(5.0, 10, 10), ["seed"]).winner.trial.index == 2
-    assert sweep.rank(outcomes, evaluations, PromotionRule(5.0, 10, 0), ["seed"]).winner.trial.index == 4
+    for floor, winner in ((10, 2), (0, 4)):
+        ranked = sweep.rank(outcomes, evaluations, PromotionRule(5.0, 10, floor, 0.95), ["seed"])
+        assert ranked.winner.trial.index == winner
 
 
 def test_no_winner_when_every_trial_failed():
-    assert sweep.rank([_outcome(1, "failed")], {}, PromotionRule(0.0, 0, 0), []).winner is None
+    assert sweep.rank([_outcome(1, "failed")], {}, PromotionRule(0.0, 0, 0, 0.95), []).winner is None
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ def test_a_trial_without_an_outcome_is_ranked_from_what_mlflow_recorded(own_trac
     second = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "sweep_trial": "2",
                                                     "evaluation_run_id": evaluated(20.0)})
     client.set_terminated(second.info.run_id)
-    ranking = jobs.rank_trials(parent, trials, [first], PromotionRule(0.0, 0, 0))
+    ranking = jobs.rank_trials(parent, trials, [first], PromotionRule(0.0, 0, 0, 0.95))
     assert ranking.winner.trial.index == 2 and ranking.winner.training_run_id == second.info.run_id
     assert [(row["trial"], row["status"]) for row in ranking.rows] == [(2, "finished"), (1, "finished"),
                                                                       (3, "failed")]

@@ -63,12 +63,17 @@ def existing_store() -> None:
     a sqlite MLFLOW_TRACKING_URI, MLflow's default sqlite:///mlflow.db included, must name an existing
     file. MLflow would create an empty one and report the model missing from it."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if not uri.startswith(SQLITE):
-        return
-    database = Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?", 1)[0]))
-    if not database.is_file():
+    database = sqlite_database(uri)
+    if database and not database.is_file():
         raise ConfigError(f"no MLflow store at {uri} ({database.resolve()} does not exist): run this where "
                           "you trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
+
+
+def sqlite_database(uri: str) -> Path | None:
+    """The file a sqlite:/// store URI names (None for any other URI)."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?", 1)[0]))
 
 
 def tracking_server() -> None:

@@ -148,9 +148,11 @@ def _register(args):
 # ---- promote ----
 
 def _promote_flags(parser):
-    _job_flags(parser, ("model_name", *RULE_PARAMS))
+    _job_flags(parser, ("model_name", "samples", *RULE_PARAMS))
+    data = param(TrainConfig, "data")
+    add_flag(parser, data, default=data.default)  # whose test split judges the head-to-head
     add_flag(parser, VERSION)
-    parser.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the decision, change nothing anywhere")
     parser.add_argument("--to-registry-uri", default=None,
                         help="copy the challenger into this registry and gate it against its champion")
     parser.add_argument("--to-name", default=None, help="model name in the target registry")
@@ -158,12 +160,17 @@ def _promote_flags(parser):
 
 def _promote(args):
     from training import jobs
+    from training.data import check_readable
+    from training.head_to_head import Judge
 
     job = _job(args)
     rule = PromotionRule.of(job)
+    check_readable(args.data)
     version = None if args.version is None else str(args.version)
-    return lambda: jobs.promote(job.model_name, rule, args.dry_run, args.to_registry_uri, args.to_name,
-                                version=version)
+    # A version named by a person may be promoted again after a rollback; the challenger alias may not.
+    return lambda: jobs.promote(job.model_name, rule, Judge(args.data, job.samples), args.dry_run,
+                                args.to_registry_uri, args.to_name, version=version,
+                                reinstate=version is not None)
 
 
 # ---- rollback ----
@@ -247,7 +254,8 @@ COMMANDS: dict[str, Command] = {
                         lambda evaluated: [summaries.evaluated_line(evaluated)]),
     "register": Command("register a trained generator as 'challenger'", _register_flags, _register,
                         lambda done: [summaries.registered_line(*done)], reads_store=True),
-    "promote": Command("make the challenger champion if it is better", _promote_flags, _promote,
+    "promote": Command("make the challenger champion if it is better, head to head and beyond noise",
+                       _promote_flags, _promote,
                        summaries.promoted_lines, reads_store=True),
     "rollback": Command("point 'champion' back at the previous champion (and an InferenceService with it)",
                         _rollback_flags, _rollback, lambda done: summaries.rollback_lines(*done),

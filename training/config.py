@@ -196,6 +196,9 @@ class JobConfig(_Parameters):
                                    min=0, max=10)
     min_classes_covered: int = _param(10, "classes a generator must cover to be promoted at all",
                                       min=0, max=10)
+    confidence: float = _param(0.95, "promote on FID only when the head-to-head gain with the champion "
+                               "exceeds min_fid_gain with this confidence (beyond evaluation noise)",
+                               ge=0.5, lt=1.0)
 
 
 def params(cls) -> list[Param]:

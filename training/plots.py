@@ -131,3 +131,14 @@ def save_sweep_plot(rows: list[dict], swept: list[str], target: Path) -> None:
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
+
+
+def side_by_side(pictures: list[Image.Image], gap: int = 12) -> Image.Image:
+    """Pictures in a row, top-aligned on the grids' background, `gap` pixels apart."""
+    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    row = Image.new("L", (width, max(p.height for p in pictures)), 40)
+    left = 0
+    for picture in pictures:
+        row.paste(picture, (left, 0))
+        left += picture.width + gap
+    return row

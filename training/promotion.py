@@ -1,43 +1,48 @@
-"""When a challenger becomes champion: the rule, as a pure function of two evaluations, and the acts
-of promotion and rollback, each under the model's promotion lock.
+"""When a challenger becomes champion: the rule, as a pure function of a head-to-head of the two, and the
+acts of promotion and rollback, each under the model's promotion lock.
 
 Every decision is recorded on the version as tags (`promotion.*`), promoted or not. Promotions of one
-model take turns through a lock held in the registry itself, so two racing promotions end with the one
-champion the rule picks.
+model take turns through a lock held in the registry itself (training/promotion_lock.py), so two racing
+promotions end with the one champion the rule picks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
-import sys
+import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from training import config
 from training.config import JobConfig
+from training.promotion_lock import promotion_lock
 
-LOCK_STALE_S = 300  # a promotion lock older than this was left by a killed process and is broken
-# What MLflow answers to the creation of a lock another promotion holds: "already exists", or, when
-# that holder releases it at the same moment, "does not exist" (the store looks the existing model up
-# to word its error, and finds it gone).
-CONTENTION = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
+if TYPE_CHECKING:
+    from training.head_to_head import HeadToHead
+    from training.metrics import FidGain
+
+    Judge = Callable[[Path, Path], HeadToHead]  # (challenger's file, champion's file) -> their head-to-head
+
+ROLLED_BACK = "promotion.rolled_back"
 
 
 @dataclass(frozen=True)
 class PromotionRule:
     """The whole promotion policy, one object for every path that can move `champion` (main, promote,
     sweep, pipeline): a challenger must cover at least `min_classes_covered` digit classes to be
-    promoted at all; against a champion, its FID must be lower by more than `min_fid_gain`, and it may
-    cover at most `max_classes_lost` classes fewer. The three are JobConfig's parameters, with its
-    bounds (a rule out of them is refused); `PromotionRule.of(job)` is the rule of a job."""
+    promoted at all; against a champion, scored head to head, its FID must be lower by more than
+    `min_fid_gain` with `confidence` (beyond the evaluation's noise), and it may cover at most
+    `max_classes_lost` classes fewer. The four are JobConfig's parameters, with its bounds (a rule out
+    of them is refused); `PromotionRule.of(job)` is the rule of a job."""
 
     min_fid_gain: float
     max_classes_lost: int
     min_classes_covered: int
+    confidence: float
 
     def __post_init__(self) -> None:
         for name in self.parameters():
@@ -60,25 +65,34 @@ class PromotionRule:
                            "to be promoted at all (min_classes_covered)")
         return True, f"{covered:g} digit classes covered (needs {self.min_classes_covered})"
 
-    def decide(self, challenger: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
+    def decide(self, challenger: dict[str, float], champion: dict[str, float] | None,
+               gain: FidGain | None = None) -> tuple[bool, str]:
+        """Promote or not, and why. With `gain`, the two were scored head to head (the promotion's
+        case) and the FID must be better beyond noise; without it, `challenger` and `champion` are
+        recorded evaluations at one N compared as they are (a sweep ranking its own trials)."""
         admitted, why = self.admits(challenger)
         if not admitted:
             return False, why
         if champion is None:
             return True, f"no champion yet: the first evaluated model becomes champion; {why}"
-        if challenger["samples"] != champion["samples"]:
-            return False, (f"not comparable: evaluated on {challenger['samples']:g} samples, the champion "
-                           f"on {champion['samples']:g} (evaluate both with the same N)")
         fid_gain = champion["fid"] - challenger["fid"]
+        scores = f"FID {challenger['fid']:.3f} vs champion {champion['fid']:.3f}"
+        if gain is None:
+            if challenger["samples"] != champion["samples"]:
+                return False, (f"not comparable: evaluated on {challenger['samples']:g} samples, the "
+                               f"champion on {champion['samples']:g} (evaluate both with the same N)")
+            fid_check = (fid_gain > self.min_fid_gain,
+                         f"{scores} (gain {fid_gain:.3f}, needs > {self.min_fid_gain:g})")
+        else:
+            lower = gain.lower_bound(self.confidence)
+            fid_check = (lower > self.min_fid_gain,
+                         (f"{scores} head to head (gain {fid_gain:.3f}, at least {lower:.3f} with "
+                          f"{self.confidence:.0%} confidence, needs > {self.min_fid_gain:g})"))
         classes_lost = champion["classes_covered"] - challenger["classes_covered"]
-        checks = [
-            (fid_gain > self.min_fid_gain,
-             (f"FID {challenger['fid']:.3f} vs champion {champion['fid']:.3f} "
-              f"(gain {fid_gain:.3f}, needs > {self.min_fid_gain:g})")),
-            (classes_lost <= self.max_classes_lost,
-             (f"classes covered {challenger['classes_covered']:g} vs champion "
-              f"{champion['classes_covered']:g} (may lose {self.max_classes_lost})")),
-        ]
+        checks = [fid_check,
+                  (classes_lost <= self.max_classes_lost,
+                   (f"classes covered {challenger['classes_covered']:g} vs champion "
+                    f"{champion['classes_covered']:g} (may lose {self.max_classes_lost})"))]
         failed = [why for ok, why in checks if not ok]
         return (not failed), ("; ".join(failed) if failed else "; ".join(why for _, why in checks))
 
@@ -89,14 +103,53 @@ class Decision:
     reason: str
     challenger: str
     champion: str | None
+    head_to_head: HeadToHead | None = None
+    rule: PromotionRule | None = None
+
+    def scores(self) -> dict[str, float]:
+        """What the head-to-head measured, by name: the `promotion.*` tags and the promote run's metrics."""
+        head, rule = self.head_to_head, self.rule
+        if head is None or rule is None:
+            return {}
+        return {"fid": head.challenger["fid"], "champion_fid": head.champion["fid"],
+                "classes_covered": head.challenger["classes_covered"],
+                "champion_classes_covered": head.champion["classes_covered"],
+                "fid_gain": head.gain.estimate, "fid_gain_lower": head.gain.lower_bound(rule.confidence),
+                "p_value": head.gain.p_value(rule.min_fid_gain), "confidence": rule.confidence,
+                "samples": head.samples, "seconds": head.seconds}
 
 
-def promote(name: str, rule: PromotionRule, dry_run: bool = False, client=None, version: str | None = None,
-            generator_file: Path | None = None) -> Decision:
-    """Move `champion` to `version` (default: the `challenger`) if the rule says so; record why either
-    way. The decision and the alias move happen under the model's promotion lock. The version's files
-    are verified against their recorded sha256: `generator_file`, the very file that was registered
-    (a pipeline's artifact), is checked in place; otherwise the version is downloaded."""
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version to be judged: its registry (a client), name and version, and where its
+    generator is: `generator_file`, the very file that was registered (a pipeline's artifact), checked
+    in place; otherwise the version's files are downloaded and checked."""
+
+    client: Any
+    name: str
+    version: str
+    generator_file: Path | None = None
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_model_version(self.name, self.version).tags
+
+    def verified_generator(self, directory: Path) -> Path:
+        """The generator file, checked against the sha256 recorded at registration (ArtifactError)."""
+        from training import registry
+
+        if self.generator_file:
+            registry.check_checksum(self.generator_file, self.tags().get(registry.CHECKSUM_KEY))
+            return self.generator_file
+        return registry.download_generator(self.client, self.name, self.version, directory)
+
+
+def promote(name: str, rule: PromotionRule, judge: Judge, dry_run: bool = False, client=None,
+            version: str | None = None, generator_file: Path | None = None,
+            reinstate: bool = False) -> Decision:
+    """Move `champion` to `version` (default: the `challenger`) if the rule says so, judged head to head
+    against the champion; record why either way (nothing in a dry run). The decision and the alias
+    move happen under the model's promotion lock. A version that was rolled back is refused unless
+    `reinstate` (a person's explicit `promote --version`)."""
     from mlflow import MlflowClient
 
     from training import registry
@@ -105,38 +158,70 @@ def promote(name: str, rule: PromotionRule, dry_run: bool = False, client=None, 
     challenger = version or registry.alias_version(client, name, registry.CHALLENGER)
     if challenger is None:
         raise registry.RegistryError(f"{name} has no '{registry.CHALLENGER}' version to promote")
+    candidate = Candidate(client, name, challenger, generator_file)
     with contextlib.nullcontext() if dry_run else promotion_lock(client, name):
-        champion = registry.alias_version(client, name, registry.CHAMPION)
-        if champion == challenger:
-            return Decision(False, f"version {challenger} is already the champion", challenger, champion)
-        try:
-            if generator_file:
-                expected = client.get_model_version(name, challenger).tags.get(registry.CHECKSUM_KEY)
-                registry.check_checksum(Path(generator_file), expected)
-            else:
-                registry.check_version_files(client, name, challenger)
-        except registry.ArtifactError as err:
-            promote_it, reason = False, f"artifacts not verified: {err}"
-        else:
-            promote_it, reason = rule.decide(
-                registry.version_metrics(client, name, challenger),
-                registry.version_metrics(client, name, champion) if champion else None)
-        decision = Decision(promote_it, reason, challenger, champion)
-        if dry_run:
-            return decision
-        client.set_model_version_tag(name, challenger, "promotion.decision",
-                                     "promoted" if promote_it else "refused")
-        client.set_model_version_tag(name, challenger, "promotion.reason", reason)
-        client.set_model_version_tag(name, challenger, "promotion.time", _now())
-        if promote_it:
-            if champion:
-                client.set_model_version_tag(name, challenger, "promotion.previous_champion", champion)
-            client.set_registered_model_alias(name, registry.CHAMPION, challenger)
+        decision = judge_against_champion(candidate, client, name, rule, judge, reinstate)
+        if not dry_run and decision.champion != challenger:
+            _record(client, name, decision, reinstated=reinstate and ROLLED_BACK in candidate.tags())
     return decision
 
 
+def judge_against_champion(candidate: Candidate, client, name: str, rule: PromotionRule, judge: Judge,
+                           reinstate: bool = False) -> Decision:
+    """The decision for `candidate` against the champion of `name` in `client`'s registry (None: a
+    registry not created yet, so no champion), changing nothing. The candidate may be registered
+    elsewhere (a dry run of a promotion into another registry, where it would arrive as a new version:
+    a rollback in its own registry does not follow it)."""
+    from training import registry
+
+    champion = client and registry.alias_version(client, name, registry.CHAMPION)
+    if champion == candidate.version and candidate.client is client:
+        return Decision(False, f"version {champion} is already the champion", champion, champion)
+    tags = candidate.tags()
+    if candidate.client is client and ROLLED_BACK in tags and not reinstate:
+        return Decision(False, (f"version {candidate.version} was rolled back ({tags[ROLLED_BACK]}): a "
+                                "plain promote never makes it champion again; `promote --version "
+                                f"{candidate.version}` does, if the rule agrees"),
+                        candidate.version, champion)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            challenger_file = candidate.verified_generator(Path(tmp) / "challenger")
+            champion_file = champion and registry.download_generator(client, name, champion,
+                                                                     Path(tmp) / "champion")
+        except registry.ArtifactError as err:
+            return Decision(False, f"artifacts not verified: {err}", candidate.version, champion)
+        if champion is None:
+            promote_it, reason = rule.decide(registry.version_metrics(candidate.client, candidate.name,
+                                                                      candidate.version), None)
+            return Decision(promote_it, reason, candidate.version, None, rule=rule)
+        head = judge(challenger_file, champion_file)
+    promote_it, reason = rule.decide(head.challenger, head.champion, head.gain)
+    return Decision(promote_it, reason, candidate.version, champion, head, rule)
+
+
+def _record(client, name: str, decision: Decision, reinstated: bool) -> None:
+    version = decision.challenger
+    tags = {"promotion.decision": "promoted" if decision.promote else "refused",
+            "promotion.reason": decision.reason, "promotion.time": _now()}
+    if decision.head_to_head:
+        tags |= {"promotion.champion_version": decision.champion,
+                 "promotion.evaluator_sha256": decision.head_to_head.evaluator_sha256,
+                 **{f"promotion.{k}": f"{v:.6g}" for k, v in decision.scores().items()}}
+    if decision.promote and decision.champion:
+        tags["promotion.previous_champion"] = decision.champion
+    if decision.promote and reinstated:
+        tags["promotion.reinstated"] = f"{_now()}, by an explicit promote --version after its rollback"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if decision.promote:
+        from training import registry
+
+        client.set_registered_model_alias(name, registry.CHAMPION, version)
+
+
 def rollback(name: str, client=None) -> tuple[str, str]:
-    """Point `champion` back at the version it replaced; returns (from_version, to_version)."""
+    """Point `champion` back at the version it replaced; returns (from_version, to_version). The version
+    rolled back is marked, and a plain promote never makes it champion again."""
     from mlflow import MlflowClient
 
     from training import registry
@@ -150,72 +235,10 @@ def rollback(name: str, client=None) -> tuple[str, str]:
         if not previous:
             raise registry.RegistryError(
                 f"{name} version {champion} replaced no earlier champion: nothing to roll back to")
+        client.set_model_version_tag(name, champion, ROLLED_BACK,
+                                     f"{_now()}, champion moved back to version {previous}")
         client.set_registered_model_alias(name, registry.CHAMPION, previous)
-        client.set_model_version_tag(name, champion, "promotion.rolled_back", _now())
     return champion, previous
-
-
-def lock_name(name: str) -> str:
-    return f"{name}.promotion-lock"
-
-
-@contextlib.contextmanager
-def promotion_lock(client, name: str, timeout_s: float = 600):
-    """Hold the promotion lock of model `name`, so that promotions from any process or machine that
-    share the registry take turns.
-
-    The lock is a registered model named `<name>.promotion-lock` that exists only while a promotion
-    runs; the registry's unique names make its creation atomic. Contract: this process holds the lock
-    exactly when the lock model exists with this process's `holder` tag. Creating it either succeeds or
-    fails with one of CONTENTION (then this process waits its turn, breaking a lock older than
-    LOCK_STALE_S that a killed process left); any other error is raised.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from training.registry import RegistryError
-
-    lock, holder = lock_name(name), uuid.uuid4().hex
-    description = (f"Not a model: held while a version of {name} is being promoted or rolled back, "
-                   "and deleted right after.")
-    deadline, waiting = time.monotonic() + timeout_s, False
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
-                                           description=description)
-            break
-        except MlflowException as err:
-            if err.error_code not in CONTENTION:
-                raise
-        tags = _lock_tags(client, lock)
-        if tags is not None and tags.get("holder") == holder:
-            break  # our own creation, answered as "already exists" after a retried request
-        if tags is not None and time.time() - float(tags.get("since", "0")) > LOCK_STALE_S:
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(lock)  # left by a killed promotion
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryError(f"{lock} is held by another promotion for over {timeout_s:.0f} s")
-        if not waiting:
-            print(f"promote: waiting for {lock}: another promotion or rollback of {name} holds it",
-                  file=sys.stderr, flush=True)
-            waiting = True
-        time.sleep(random.uniform(0.2, 0.5))  # jitter, so that waiting racers spread out
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
-
-
-def _lock_tags(client, lock: str) -> dict[str, str] | None:
-    """The lock's tags, or None when no one holds it (released between our attempt and this look)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(lock).tags
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
 
 
 def _now() -> str:

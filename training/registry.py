@@ -20,6 +20,7 @@ from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 from mlflow.types.schema import Array
 
 import training
+from training.config import ConfigError
 from training.data import file_sha256
 from training.metrics import HEADLINE
 
@@ -129,17 +130,18 @@ def recorded_checksum(model_dir: Path) -> str | None:
     return (flavor.get("config") or {}).get(CHECKSUM_KEY)
 
 
-def check_version_files(client: MlflowClient, name: str, version: str) -> None:
-    """Download a version and verify its generator against the checksum tag; raise ArtifactError."""
+def download_generator(client: MlflowClient, name: str, version: str, directory: Path) -> Path:
+    """Download a version into `directory` and return its generator file, verified against the
+    checksum tag; ArtifactError if its files cannot be read or do not match."""
     expected = client.get_model_version(name, version).tags.get(CHECKSUM_KEY)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            model_dir = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=client.get_model_version_download_uri(name, version), dst_path=tmp,
-                tracking_uri=client.tracking_uri))
-        except (MlflowException, OSError) as err:
-            raise ArtifactError(f"{name} version {version}: its files cannot be read ({err})") from None
-        verified_generator(model_dir, expected)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(name, version), dst_path=str(directory),
+            tracking_uri=client.tracking_uri))
+    except (MlflowException, OSError) as err:
+        raise ArtifactError(f"{name} version {version}: its files cannot be read ({err})") from None
+    return verified_generator(model_dir, expected)
 
 
 def copy_to_registry(name: str, version: str, target_uri: str, target_name: str | None = None) -> str:
@@ -180,10 +182,19 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version `alias` points at; None only when the registry says the model or the alias does not
+    exist. Any other answer (a server error, a refused request) is a RegistryError: an unreadable
+    champion is not "no champion"."""
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        reason = str(err.message).strip().splitlines()[0] if str(err.message).strip() else err.error_code
+        raise RegistryError(f"the registry did not say which version of {name} is '{alias}' "
+                            f"({err.error_code}: {reason}); nothing was changed") from None
+    version = aliases.get(alias)
+    return None if version is None else str(version)
 
 
 def _requirements() -> list[str]:
@@ -191,3 +202,60 @@ def _requirements() -> list[str]:
 
     packages = ("mlflow", "keras", "numpy", "pandas", "pillow", "tensorflow", "tensorflow-cpu", "jax")
     return [f"{name}=={version}" for name, version in installed_versions(packages).items()]
+
+
+# ---- which generator an evaluation scored, and with which evaluator ----
+
+EVALUATOR_KEY = "evaluator_sha256"  # an evaluation run's param and a version's tag: the classifier's weights
+
+
+class EvaluationMismatch(ConfigError):
+    """An evaluation offered for a generator it did not score (or cannot be shown to have scored): the
+    ids given do not belong together. Raised before anything is written; the CLI exits 2."""
+
+
+def generator_of(client: MlflowClient, training_run_id: str, generator: str, sha256: str) -> str:
+    """The LoggedModel id of the generator the training run logged, once checked to be the file being
+    evaluated (`generator`, with `sha256`); raises EvaluationMismatch."""
+    model_id = logged_model_id(client, training_run_id)
+    if model_id is None:
+        raise EvaluationMismatch(f"training run {training_run_id} logged no generator, so the evaluation of "
+                                 f"{generator} cannot be recorded on it; nothing was recorded")
+    logged = logged_checksum(client, model_id)
+    if logged != sha256:
+        raise EvaluationMismatch(f"{generator} (sha256 {sha256[:12]}) is not the generator training run "
+                                 f"{training_run_id} logged (sha256 {logged[:12]}); nothing was recorded")
+    return model_id
+
+
+def check_evaluation_of(client: MlflowClient, evaluation_run_id: str, training_run_id: str,
+                        model_id: str) -> None:
+    """Raise EvaluationMismatch unless the evaluation run scored `model_id`, the generator the training
+    run logged: its generator_sha256 param, or for a run made before that param, its training_run_id tag."""
+    evaluation = client.get_run(evaluation_run_id).data
+    scored = evaluation.params.get(CHECKSUM_KEY)
+    if scored is None:
+        named = evaluation.tags.get("training_run_id")
+        if named != training_run_id:
+            raise EvaluationMismatch(
+                f"evaluation run {evaluation_run_id} records no {CHECKSUM_KEY} and names training run "
+                f"{named or '(none)'}, not {training_run_id}: cannot tell which generator it scored; "
+                "nothing was registered")
+        return
+    logged = logged_checksum(client, model_id)
+    if scored != logged:
+        raise EvaluationMismatch(f"evaluation run {evaluation_run_id} scored a generator with sha256 "
+                                 f"{scored[:12]}, not the one training run {training_run_id} logged (sha256 "
+                                 f"{logged[:12]}); nothing was registered")
+
+
+def logged_checksum(client: MlflowClient, model_id: str) -> str:
+    """The sha256 of a logged generator: its tag, or for one logged before checksums, its file's."""
+    logged = client.get_logged_model(model_id)
+    if logged.tags.get(CHECKSUM_KEY):
+        return logged.tags[CHECKSUM_KEY]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{logged.artifact_location}/{GENERATOR_IN_MODEL}", dst_path=tmp,
+            tracking_uri=client.tracking_uri)
+        return file_sha256(Path(path))

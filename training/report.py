@@ -1,17 +1,22 @@
-"""The evaluation report a person reads: sample grid, nearest real neighbours, class histogram and the
-metrics table against the real-data reference, as Markdown (with PNGs beside it) and one HTML file."""
+"""The reports a person reads, as Markdown (with PNGs beside it) and one HTML file: an evaluation's
+(sample grid, nearest real neighbours, class histogram and the metrics table against the real-data
+reference) and a promotion's (champion and challenger side by side, scored head to head)."""
 
 from __future__ import annotations
 
 import base64
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training import plots
 from training.evaluation import Evaluation, nearest_training_images
 from training.metrics import HEADLINE, LOWER_IS_BETTER
+
+if TYPE_CHECKING:
+    from training.promotion import Decision
 
 NEIGHBOUR_SAMPLES = 8
 
@@ -103,3 +108,44 @@ def _html(title: str, table, directory: Path) -> str:
             f"<h2>Samples</h2>{image('grid.png')}<h2>Nearest training images</h2>"
             "<p>Each row: a sample, then its 3 nearest training images (pixel distance).</p>"
             f"{image('neighbours.png')}<h2>Classes</h2>{image('histogram.png')}</body></html>")
+
+
+def write_decision_report(name: str, decision: Decision, directory: Path) -> list[Path]:
+    """The picture of a promotion decided head to head: champion and challenger drawn from the same
+    latents side by side (decision.png), with both scores, the FID gain and its bound, in decision.md and
+    decision.html; returns their paths."""
+    head, scores = decision.head_to_head, decision.scores()
+    directory.mkdir(parents=True, exist_ok=True)
+    sides = [(f"champion v{decision.champion}", head.champion_grid, head.champion),
+             (f"challenger v{decision.challenger}", head.challenger_grid, head.challenger)]
+    plots.side_by_side([plots.grid(grid, caption=f"{label}: FID {side['fid']:.2f}")
+                        for label, grid, side in sides]).save(directory / "decision.png")
+    verdict = "promoted" if decision.promote else "not promoted"
+    title = f"{name} version {decision.challenger} against champion version {decision.champion}: {verdict}"
+    table = [("FID (lower is better)", f"{head.champion['fid']:.3f}", f"{head.challenger['fid']:.3f}"),
+             ("classes covered", f"{head.champion['classes_covered']:g}",
+              f"{head.challenger['classes_covered']:g}")]
+    resamples = len(head.gain.replicates)  # a p-value of 0 says only: below one resample in this many
+    p_value = f"p = {scores['p_value']:.3f}" if scores["p_value"] else f"p < {1 / resamples:.3f}"
+    gain = (f"FID gain {scores['fid_gain']:.3f}; with {scores['confidence']:.0%} confidence at least "
+            f"{scores['fid_gain_lower']:.3f} ({p_value} against min_fid_gain {decision.rule.min_fid_gain:g}, "
+            f"{resamples} bootstrap resamples)")
+    setting = (f"Both scored on the same {head.samples} latents (seed {head.seed}) by the same evaluator "
+               f"(weights sha256 {head.evaluator_sha256[:12]}), against MNIST's test split.")
+    markdown = "\n".join([
+        f"# {title}", "", decision.reason, "",
+        "| | champion | challenger |", "| --- | --- | --- |",
+        *(f"| {a} | {b} | {c} |" for a, b, c in table), "",
+        gain, "", setting, "", "![champion and challenger from the same latents](decision.png)", ""])
+    (directory / "decision.md").write_text(markdown)
+    data = base64.b64encode((directory / "decision.png").read_bytes()).decode()
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in table)
+    (directory / "decision.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:.2em .8em}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(decision.reason)}</p>"
+        f"<table><tr><th></th><th>champion</th><th>challenger</th></tr>{rows}</table>"
+        f"<p>{html.escape(gain)}</p><p>{html.escape(setting)}</p>"
+        f'<img alt="champion and challenger from the same latents" src="data:image/png;base64,{data}">'
+        "</body></html>")
+    return [directory / n for n in ("decision.png", "decision.md", "decision.html")]

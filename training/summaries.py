@@ -41,14 +41,17 @@ def registered_line(name: str, version: str) -> str:
 
 def promoted_lines(promoted: Promoted) -> list[str]:
     decision, would = promoted.decision, "would " if promoted.dry_run else ""
-    lines = [f"promote: copied {promoted.copied_from} to {promoted.name}/{decision.challenger}"] \
-        if promoted.copied_from else []
+    challenger, lines = f"{promoted.name} version {decision.challenger}", []
+    if promoted.copied_from and promoted.dry_run:  # nothing was copied: the source version was judged
+        challenger = f"{promoted.copied_from} (copied into {promoted.name})"
+    elif promoted.copied_from:
+        lines = [f"promote: copied {promoted.copied_from} to {promoted.name}/{decision.challenger}"]
     if decision.promote:
-        verdict = f"{would}promote {promoted.name} version {decision.challenger} to champion"
+        verdict = f"{would}promote {challenger} to champion"
     elif decision.champion:
-        verdict = f"{would}keep the champion (version {decision.champion}), refuse {decision.challenger}"
+        verdict = f"{would}keep the champion (version {decision.champion}), refuse {challenger}"
     else:
-        verdict = f"{would}refuse {promoted.name} version {decision.challenger} (no champion yet, none made)"
+        verdict = f"{would}refuse {challenger} (no champion yet, none made)"
     return [*lines, f"promote{' (dry run)' if promoted.dry_run else ''}: {verdict}: {decision.reason}"]
 
 

@@ -37,7 +37,7 @@ def serve(answer: Answer, requests: list[dict]):
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PATCH = _handle
+        do_GET = do_POST = do_PATCH = do_DELETE = _handle
 
         def log_message(self, *args):
             pass
@@ -50,3 +50,25 @@ def serve(answer: Answer, requests: list[dict]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def forward(base: str, request: dict) -> tuple[int, dict | str]:
+    """Send a recorded request on to the real server at `base` and return its answer: what a stand-in
+    that only injects faults answers for every request it leaves alone."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlencode
+
+    query = f"?{urlencode(request['query'], doseq=True)}" if request["query"] else ""
+    body = None if request["body"] is None else json.dumps(request["body"]).encode()
+    outgoing = urllib.request.Request(f"{base}{request['path']}{query}", data=body, method=request["method"],
+                                      headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(outgoing, timeout=60) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, raw.decode(errors="replace")

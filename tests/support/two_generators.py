@@ -1,4 +1,4 @@
-"""A tracking database with two generators, trained (or built) and evaluated once per test session:
+"""A tracking database with four generators, trained (or built) and evaluated once per test session:
 the shared ground of the evaluation, registry, promotion, sampling and serving tests."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import pytest
 
 from tests.conftest import cli_env, run_cli
@@ -27,7 +29,9 @@ TRAIN_IMAGES = "10000"
 
 
 class Lab:
-    """One tracking database with two generators, each trained (or built) and evaluated once."""
+    """One tracking database with four generators, each trained (or built) and evaluated once: `trained`
+    (one short epoch), `slightly_worse` and `worse` (its weights with noise added), and `collapsed`
+    (one digit, always). Each has `<kind>_run` (its run, which logged it) and `<kind>_eval`."""
 
     def __init__(self, directory: Path, mnist_path: Path):
         self.directory, self.mnist_path = directory, mnist_path
@@ -41,9 +45,18 @@ class Lab:
 
     def champion_of_the_trained_generator(self, name: str) -> None:
         """Register the trained generator under `name` and promote it, as a user would."""
-        self.cli("register", "--name", name, "--training-run-id", self.trained_run,
-                 "--evaluation-run-id", self.trained_eval)
-        self.cli("promote", "--name", name)
+        self.register(name, "trained")
+        self.promote("--name", name)
+
+    def register(self, name: str, kind: str) -> str:
+        """Register the lab's `kind` generator with its evaluation under `name`; returns the version."""
+        out = self.cli("register", "--name", name, "--training-run-id", getattr(self, f"{kind}_run"),
+                       "--evaluation-run-id", getattr(self, f"{kind}_eval")).stdout
+        return out.split("version ")[1].split()[0]
+
+    def promote(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+        """`mnist-gan promote ARGS`, head to head on the lab's MNIST and N."""
+        return self.cli("promote", "--data", str(self.mnist_path), "--samples", SAMPLES, *args, expect=expect)
 
     def run_id(self, output: str, step: str) -> str:
         line = next(line for line in output.splitlines() if line.startswith(f"{step}: run "))
@@ -73,16 +86,43 @@ def open_lab(directory: Path, mnist_path: Path) -> Lab:
                       "--train-images", TRAIN_IMAGES, "--checkpoint-dir", "ckpt").stdout
     lab.trained_run = lab.run_id(trained, "train")
     mlflow.set_tracking_uri(lab.uri)
-    experiment = mlflow.set_experiment("mnist-gan")
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="collapsed") as run:
-        path = lab.directory / "generator.keras"
-        _collapsed_generator(mnist_path).save(path)
+    collapsed = _generator_file(lab, "collapsed")
+    _collapsed_generator(mnist_path).save(collapsed)
+    lab.collapsed_run = _generator_run(collapsed, "collapsed")
+    (lab.directory / "exported").mkdir()
+    trained = exported_generator(lab, lab.directory / "exported")  # the generator the trained run scores
+    for kind, scale in (("worse", 0.2), ("slightly_worse", 0.05)):
+        _worse_copy(trained, scale, _generator_file(lab, kind))
+        setattr(lab, f"{kind}_run", _generator_run(_generator_file(lab, kind), kind))
+    for kind in ("trained", "collapsed", "worse", "slightly_worse"):
+        setattr(lab, f"{kind}_eval", lab.evaluate(getattr(lab, f"{kind}_run")))
+    return lab
+
+
+def _generator_file(lab: Lab, kind: str) -> Path:
+    (lab.directory / kind).mkdir(exist_ok=True)
+    return lab.directory / kind / "generator.keras"  # the name a training run logs it under
+
+
+def _worse_copy(generator_file: Path, scale: float, target: Path) -> None:
+    """The trained generator with noise added to its weights, `scale` times each weight's spread: it still
+    draws every digit, with a FID about 1 (0.05) or 5 (0.2) above the trained one's."""
+    generator = keras.saving.load_model(generator_file, compile=False)
+    rng = np.random.default_rng(0)
+    for weight in generator.trainable_variables:
+        value = keras.ops.convert_to_numpy(weight)
+        weight.assign(value + scale * value.std() * rng.normal(size=value.shape).astype(value.dtype))
+    generator.save(target)
+
+
+def _generator_run(path: Path, kind: str) -> str:
+    """A run of the lab's experiment that logged the generator file as its model (as training does)."""
+    experiment_id = mlflow.set_experiment("mnist-gan").experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=kind) as run:
         mlflow.log_artifact(str(path), artifact_path="models")
         registry.log_generator(path)
-        mlflow.log_params({"preset": "collapsed", "data_sha256": "none"})
-    lab.collapsed_run = run.info.run_id
-    lab.trained_eval, lab.collapsed_eval = lab.evaluate(lab.trained_run), lab.evaluate(lab.collapsed_run)
-    return lab
+        mlflow.log_params({"preset": kind, "data_sha256": "none"})
+    return run.info.run_id
 
 
 def version_tags(lab, name, version):
@@ -94,12 +134,14 @@ def champion(lab, name):
 
 
 def evaluation_run(lab, fid: float) -> str:
-    """An evaluation run with chosen scores: what promotion compares, without scoring a new generator."""
+    """An evaluation run of the trained generator with chosen scores: what promotion compares, without
+    scoring it again."""
     source = lab.client.get_run(lab.trained_eval)
     run = lab.client.create_run(source.info.experiment_id, run_name=f"evaluation fid={fid}")
     for key, value in {**source.data.metrics, "fid": fid}.items():
         lab.client.log_metric(run.info.run_id, key, value)
-    lab.client.log_param(run.info.run_id, "samples", source.data.params["samples"])
+    for key in ("samples", registry.CHECKSUM_KEY, registry.EVALUATOR_KEY):  # what it scored, and with what
+        lab.client.log_param(run.info.run_id, key, source.data.params[key])
     lab.client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -121,12 +163,17 @@ def post(url: str, payload) -> tuple[int, dict]:
 
 
 def copy_of_the_trained_generator(lab) -> str:
-    """A run that logged the trained generator as a model of its own (files not shared with others)."""
+    """A run that logged the trained generator (the one its run exports, which the lab evaluated) as a
+    model of its own (files not shared with others)."""
     mlflow.set_tracking_uri(lab.uri)
-    generator = mlflow.artifacts.download_artifacts(run_id=lab.trained_run,
-                                                    artifact_path="models/generator.keras")
-    with mlflow.start_run(experiment_id=mlflow.set_experiment("mnist-gan").experiment_id) as run:
-        registry.log_generator(Path(generator))
+    with (tempfile.TemporaryDirectory() as tmp,
+          mlflow.start_run(experiment_id=mlflow.set_experiment("mnist-gan").experiment_id) as run):
+        registry.log_generator(exported_generator(lab, Path(tmp)))
     return run.info.run_id
 
 
+def exported_generator(lab, directory: Path) -> Path:
+    """The trained run's exported generator file (its generator_artifact tag), downloaded."""
+    artifact = lab.client.get_run(lab.trained_run).data.tags["generator_artifact"]
+    return Path(mlflow.artifacts.download_artifacts(run_id=lab.trained_run, artifact_path=artifact,
+                                                    dst_path=str(directory), tracking_uri=lab.uri))

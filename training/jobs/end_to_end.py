@@ -32,7 +32,8 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
         trained = train(config, parent_run_id=parent_id)
         evaluated = evaluate(f"runs:/{trained.run_id}", config.data, job.samples,
                              training_run_id=trained.run_id, parent_run_id=parent_id)
-        version, promoted = register_and_promote(trained.run_id, evaluated.run_id, job, parent_id)
+        version, promoted = register_and_promote(trained.run_id, evaluated.run_id, job, config.data,
+                                                 parent_id)
         mlflow.set_tags({"training_run_id": trained.run_id, "evaluation_run_id": evaluated.run_id,
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(promoted.decision.promote).lower()})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from training import checks, mlflow_env
-from training.data import load_mnist
+from training.data import file_sha256, load_mnist
 from training.jobs.artifacts import copy_file, evaluator
 
 if TYPE_CHECKING:
@@ -28,25 +28,31 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
              report_html: str | None = None, report_md: str | None = None) -> Evaluated:
     """Score `samples` images of the generator (any URI sampling.generator_path takes) against the
     test split. The classifier comes from `classifier_dir` (a pipeline artifact) or the local cache.
-    With `training_run_id`, the metrics also go onto that run's generator LoggedModel."""
+    The run records the sha256 of the generator file scored and of the classifier's weights. With
+    `training_run_id`, the metrics also go onto that run's generator LoggedModel, which must be this
+    very file (else EvaluationMismatch, before any scoring or writing)."""
     import mlflow
 
     from training import evaluation, registry, report, tracking
     from training.metrics import HEADLINE
-    from training.sampling import load_generator
+    from training.sampling import generator_path, load_generator
 
     mnist = load_mnist(data)
-    model = load_generator(generator)
+    generator_file = generator_path(generator)  # the file scored: what its sha256 names
+    generator_sha256 = file_sha256(generator_file)
+    model_id = training_run_id and registry.generator_of(mlflow.MlflowClient(), training_run_id, generator,
+                                                         generator_sha256)
+    model = load_generator(str(generator_file))
     checks.artifact_store()
     classifier = evaluator(mnist, classifier_dir)
     started = time.perf_counter()
     result = evaluation.evaluate(model, mnist, classifier, n=samples, seed=seed)
     evaluation_seconds = time.perf_counter() - started
-    model_id = training_run_id and registry.logged_model_id(mlflow.MlflowClient(), training_run_id)
     with tracking.start_run("evaluate", parent_run_id) as run:
-        mlflow.log_params({"generator_uri": generator, "samples": samples, "seed": seed,
-                           "evaluator": classifier.key, "evaluator_test_accuracy": classifier.test_accuracy,
-                           "data_sha256": mnist.sha256})
+        mlflow.log_params({"generator_uri": generator, registry.CHECKSUM_KEY: generator_sha256,
+                           "samples": samples, "seed": seed, "evaluator": classifier.key,
+                           registry.EVALUATOR_KEY: classifier.fingerprint,
+                           "evaluator_test_accuracy": classifier.test_accuracy, "data_sha256": mnist.sha256})
         test_split = tracking.evaluation_dataset(mnist)
         mlflow.log_input(test_split, context="evaluation")
         mlflow.log_metrics(result.metrics, model_id=model_id or None, dataset=test_split)

@@ -5,12 +5,15 @@ InferenceService."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from training import checks, promotion
 from training.config import JobConfig
 from training.deploy import Deployed, Target, deploy  # deploy: a job as it is (training.jobs)
+from training.head_to_head import Judge
 from training.kserve import DeployError
 from training.promotion import Decision, PromotionRule
 
@@ -26,7 +29,8 @@ class Promoted:
 def register(training_run_id: str, evaluation_run_id: str, name: str,
              parent_run_id: str | None = None) -> str:
     """Register the generator the training run logged, with the evaluation run's metrics, as the
-    model's `challenger`; returns the version."""
+    model's `challenger`; returns the version. An evaluation of another generator is refused
+    (registry.EvaluationMismatch) before anything is written."""
     import mlflow
 
     from training import registry, tracking
@@ -37,10 +41,13 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
     if model_id is None:
         raise registry.RegistryError(f"run {training_run_id} logged no generator model "
                                      "(is it a training run?)")
+    registry.check_evaluation_of(client, evaluation_run_id, training_run_id, model_id)
     trained = client.get_run(training_run_id).data
+    evaluator = client.get_run(evaluation_run_id).data.params.get(registry.EVALUATOR_KEY)
     tags = {"evaluation_run_id": evaluation_run_id, "data_sha256": trained.params.get("data_sha256", ""),
             "preset": trained.params.get("preset", ""),
-            **{k: v for k, v in trained.tags.items() if k in tracking.GENERATOR_TAGS}}
+            **{k: v for k, v in trained.tags.items() if k in tracking.GENERATOR_TAGS},
+            **({registry.EVALUATOR_KEY: evaluator} if evaluator else {})}
     checks.artifact_store()
     with tracking.start_run("register", parent_run_id):
         version = registry.register(model_id, name, tags, evaluated)
@@ -48,11 +55,15 @@ def register(training_run_id: str, evaluation_run_id: str, name: str,
     return version
 
 
-def promote(name: str, rule: PromotionRule, dry_run: bool = False, target_uri: str | None = None,
-            target_name: str | None = None, parent_run_id: str | None = None, version: str | None = None,
-            generator_file: str | None = None) -> Promoted:
-    """Gate `version` (default: the challenger) against the champion, in the target registry when one
-    is given. `generator_file`: the registered file itself (a pipeline artifact), checked in place."""
+def promote(name: str, rule: PromotionRule, judge: Judge, dry_run: bool = False,
+            target_uri: str | None = None, target_name: str | None = None, parent_run_id: str | None = None,
+            version: str | None = None, generator_file: str | None = None,
+            reinstate: bool = False) -> Promoted:
+    """Gate `version` (default: the challenger) against the champion, scored head to head by `judge`, in
+    the target registry when one is given (a dry run copies nothing there). `generator_file`: the
+    registered file itself (a pipeline artifact), checked in place. `reinstate`: a person named this
+    version, so a rollback does not bar it. Unless dry, the decision is also an MLflow run, `promote`,
+    with the head-to-head's scores and its picture."""
     import mlflow
 
     from training import registry, tracking
@@ -62,27 +73,54 @@ def promote(name: str, rule: PromotionRule, dry_run: bool = False, target_uri: s
         source = version or registry.alias_version(client, name, registry.CHALLENGER)
         if source is None:
             raise registry.RegistryError(f"{name} has no '{registry.CHALLENGER}' version to copy")
+        copied_from, target_name = f"{name}/{source}", target_name or name
+        database = checks.sqlite_database(target_uri)
+        target = (None if dry_run and database and not database.is_file()  # no registry there yet
+                  else mlflow.MlflowClient(tracking_uri=target_uri, registry_uri=target_uri))
+        if dry_run:
+            candidate = promotion.Candidate(client, name, str(source))
+            decision = promotion.judge_against_champion(candidate, target, target_name, rule, judge)
+            return Promoted(target_name, decision, dry_run, copied_from)
         version = registry.copy_to_registry(name, str(source), target_uri, target_name)
-        copied_from, name = f"{name}/{source}", target_name or name
-        client = mlflow.MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
+        name, client = target_name, target
         generator_file = None  # the copy is what gets promoted: verify its files
-    tracked = parent_run_id and not dry_run
-    with tracking.start_run("promote", parent_run_id) if tracked else contextlib.nullcontext():
-        decision = promotion.promote(name, rule, dry_run=dry_run, client=client, version=version,
-                                     generator_file=Path(generator_file) if generator_file else None)
-        if tracked:
-            mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
-                             "challenger_version": decision.challenger})
+    with contextlib.nullcontext() if dry_run else tracking.start_run("promote", parent_run_id):
+        decision = promotion.promote(name, rule, judge, dry_run=dry_run, client=client, version=version,
+                                     generator_file=Path(generator_file) if generator_file else None,
+                                     reinstate=reinstate)
+        if not dry_run:
+            _log_decision(name, decision)
     return Promoted(name, decision, dry_run, copied_from)
 
 
-def register_and_promote(training_run_id: str, evaluation_run_id: str, job: JobConfig,
+def _log_decision(name: str, decision: Decision) -> None:
+    """The decision in the active promote run: why, the head-to-head's scores, and its picture."""
+    import mlflow
+
+    from training import report
+
+    mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
+                     "registered_model": name, "challenger_version": decision.challenger,
+                     **({"champion_version": decision.champion} if decision.champion else {})})
+    if decision.rule:
+        mlflow.log_params(dataclasses.asdict(decision.rule))
+    head = decision.head_to_head
+    if head is None:
+        return
+    mlflow.log_params({"samples": head.samples, "seed": head.seed, "evaluator_sha256": head.evaluator_sha256})
+    mlflow.log_metrics({k: v for k, v in decision.scores().items() if k not in ("samples", "confidence")})
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in report.write_decision_report(name, decision, Path(tmp)):
+            mlflow.log_artifact(str(path), artifact_path="report")
+
+
+def register_and_promote(training_run_id: str, evaluation_run_id: str, job: JobConfig, data: str,
                          parent_run_id: str | None = None) -> tuple[str, Promoted]:
     """The end of `main` and of a sweep: register the generator as challenger, then promote that very
-    version by the job's promotion rule; returns (version, Promoted)."""
+    version by the job's promotion rule, head to head on `data`'s test split; returns (version, Promoted)."""
     version = register(training_run_id, evaluation_run_id, job.model_name, parent_run_id=parent_run_id)
-    return version, promote(job.model_name, PromotionRule.of(job), parent_run_id=parent_run_id,
-                            version=version)
+    return version, promote(job.model_name, PromotionRule.of(job), Judge(data, job.samples),
+                            parent_run_id=parent_run_id, version=version)
 
 
 def rollback(name: str, target: Target | None = None) -> tuple[str, str, Deployed | None]:

@@ -66,7 +66,7 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
         ranking = rank_trials(parent_id, trials, list(outcomes.values()), PromotionRule.of(job))
         winner = ranking.winner
         version, promoted = register_and_promote(winner.training_run_id, winner.evaluation_run_id, job,
-                                                 parent_id)
+                                                 base.data, parent_id)
         mlflow.set_tags({"winner_trial": str(winner.trial.index), "training_run_id": winner.training_run_id,
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(promoted.decision.promote).lower()})

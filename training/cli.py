@@ -37,6 +37,8 @@ COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": 
 VERSION = Param("version", "int", None, "the version to promote (default: the one aliased challenger)",
                 {"min": 1})
 WORKERS = Param("workers", "int", 1, "trials trained at once, each in its own process", {"min": 1, "max": 64})
+FOLLOW = Param("follow", "int", 0, "keep following the champion: look every N seconds and deploy it when the "
+               "service serves anything else (0 = deploy once)", {"min": 0, "max": 86_400})
 RULE_PARAMS = PromotionRule.parameters()
 JOB_PARAMS = ("samples", "model_name", *RULE_PARAMS)  # main and sweep
 
@@ -193,13 +195,41 @@ def _rollback(args):
 def _deploy_flags(parser):
     _job_flags(parser, ("model_name",))
     add_serving_flags(parser, required=True)
+    add_flag(parser, FOLLOW, default=FOLLOW.default)
 
 
 def _deploy(args):
     from training import jobs
 
     name, target = _job(args).model_name, serving_target(args)
-    return lambda: jobs.deploy(name, target)
+    if not args.follow:
+        return lambda: jobs.deploy(name, target)
+    return lambda: _follow(name, target, args.follow)
+
+
+def _follow(name: str, target, period_s: int) -> None:
+    """`deploy --follow`: until SIGTERM or Ctrl-C, one line for each change made and each failed look."""
+    import signal
+    import threading
+
+    from training import jobs
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"deploy: following {name}@champion into InferenceService {target.inference_service} every "
+          f"{period_s} s", flush=True)
+
+    def said(deployed) -> None:
+        if deployed:
+            print(summaries.deployed_line(deployed), flush=True)
+
+    def failed(why: str) -> None:
+        print(f"deploy: {why} (looking again in {period_s} s)", file=sys.stderr, flush=True)
+
+    try:
+        jobs.follow(name, target, period_s, said, failed, stop)
+    except KeyboardInterrupt:
+        pass
 
 
 # ---- sample ----
@@ -261,7 +291,8 @@ COMMANDS: dict[str, Command] = {
                         _rollback_flags, _rollback, lambda done: summaries.rollback_lines(*done),
                         reads_store=True),
     "deploy": Command("point a KServe InferenceService at the champion and wait until it is Ready",
-                      _deploy_flags, _deploy, lambda deployed: [summaries.deployed_line(deployed)],
+                      _deploy_flags, _deploy,
+                      lambda deployed: [summaries.deployed_line(deployed)] if deployed else [],
                       reads_store=True),
     "sample": Command("write N generated digits to .npz and a PNG grid", _sample_flags, _sample,
                       lambda done: [summaries.sample_line(*done)], tracked=False),

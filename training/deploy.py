@@ -12,8 +12,11 @@ Light to import: MLflow and Kubernetes are imported when a deploy runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -82,6 +85,8 @@ class Deployed:
     storage_uri: str
     created: bool  # False: an existing InferenceService was patched
     canary_traffic_percent: int
+    applied: bool = True  # False: the service already served it; only the registry's tags were put right
+    champion_now: str | None = None  # the champion when the deploy was recorded, had it moved meanwhile
 
 
 def storage_uri(artifact_uri: str, artifacts_destination: str) -> str:
@@ -100,22 +105,97 @@ def storage_uri(artifact_uri: str, artifacts_destination: str) -> str:
 
 def deploy(name: str, target: Target, client=None) -> Deployed:
     """Point `target`'s InferenceService at the champion of model `name` (created if absent), wait until
-    KServe reports it Ready, then record on the registry which versions it serves."""
+    KServe reports it Ready, then record on the registry which versions it serves: under the model's
+    promotion lock, and only if the service still serves what this deploy applied (a racing deploy or
+    rollback may have changed it meanwhile: then its record stands, and this one fails saying so)."""
     from mlflow import MlflowClient
 
-    from training import registry
-
     client = client or MlflowClient()
-    version = registry.alias_version(client, name, registry.CHAMPION)
-    if version is None:
-        raise registry.RegistryError(f"{name} has no '{registry.CHAMPION}' to deploy")
-    uri = storage_uri(client.get_model_version_download_uri(name, version), target.artifacts_destination)
+    version, uri = _champion(client, name, target)
     body = kserve.inference_service(target.inference_service, uri, target.model_reader,
                                     target.canary_traffic_percent)
     applied = kserve.apply(body, target.namespace, target.timeout)
     service = f"{applied.namespace}/{applied.name}"
-    _record(client, name, version, service, target.canary_traffic_percent)
-    return Deployed(name, version, service, uri, applied.created, target.canary_traffic_percent)
+    champion_now = _record_if_served(client, name, version, service, uri, target)
+    return Deployed(name, version, service, uri, applied.created, target.canary_traffic_percent,
+                    champion_now=champion_now if champion_now != version else None)
+
+
+def reconcile(name: str, target: Target, client=None) -> Deployed | None:
+    """One look of the follower: deploy the champion when the service specifies any other model (or does
+    not exist); put the registry's tags right when they do not say what it serves. None: both agree."""
+    from mlflow import MlflowClient
+
+    client = client or MlflowClient()
+    version, uri = _champion(client, name, target)
+    namespace, now = kserve.current(target.inference_service, target.namespace)
+    if kserve.served_storage_uri(now) != uri:
+        return deploy(name, target, client)
+    service, canary = f"{namespace}/{target.inference_service}", kserve.canary_percent(now)
+    if _tags_say(client, name, version, service, canary):
+        return None
+    as_served = dataclasses.replace(target, namespace=namespace, canary_traffic_percent=canary)
+    _record_if_served(client, name, version, service, uri, as_served)
+    return Deployed(name, version, service, uri, False, canary, applied=False)
+
+
+def follow(name: str, target: Target, period_s: float, on_round: Callable[[Deployed | None], None],
+           on_error: Callable[[str], None], stop: threading.Event, client=None) -> None:
+    """Keep `target`'s InferenceService on the champion, level-triggered: every `period_s`, whatever moved
+    the alias (a promotion, a rollback, the MLflow UI, a plain MlflowClient call) and whatever was missed
+    before, `reconcile`. A failed look (the registry or the cluster unreachable, a deploy not Ready in
+    time) is reported and tried again next period. Returns when `stop` is set."""
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import RegistryError
+
+    while not stop.is_set():
+        try:
+            on_round(reconcile(name, target, client))
+        except (RegistryError, kserve.DeployError, MlflowException) as err:
+            on_error(" ".join(str(err).split()))
+        stop.wait(period_s)
+
+
+def _champion(client, name: str, target: Target) -> tuple[str, str]:
+    """The champion's version and the storageUri of its files."""
+    from training import registry
+
+    version = registry.alias_version(client, name, registry.CHAMPION)
+    if version is None:
+        raise registry.RegistryError(f"{name} has no '{registry.CHAMPION}' to deploy")
+    files = client.get_model_version_download_uri(name, version)
+    return version, storage_uri(files, target.artifacts_destination)
+
+
+def _record_if_served(client, name: str, version: str, service: str, uri: str, target: Target) -> str | None:
+    """Record that `version` serves at `service`, under the promotion lock (racing deploys, rollbacks and
+    promotions take turns there), if the service still specifies `uri` with the canary share this deploy
+    set; returns the champion as the registry then says (it may have moved since the deploy began)."""
+    from training import registry
+    from training.promotion_lock import promotion_lock
+
+    with promotion_lock(client, name):
+        _, now = kserve.current(target.inference_service, target.namespace)
+        served = (kserve.served_storage_uri(now), kserve.canary_percent(now))
+        if served != (uri, target.canary_traffic_percent):
+            raise kserve.DeployError(
+                f"InferenceService {service} was changed by another deploy while this one waited: it now "
+                f"specifies {served[0] or 'nothing'}"
+                f"{f' ({served[1]}% canary)' if served[1] else ''}, not version {version}'s files; the "
+                "registry's serving tags are left to that deploy")
+        _record(client, name, version, service, target.canary_traffic_percent)
+        return registry.alias_version(client, name, registry.CHAMPION)
+
+
+def _tags_say(client, name: str, version: str, service: str, canary: int) -> bool:
+    """Whether the registry's tags say that `service` serves `version` (with `canary` percent of the
+    traffic, the rest staying on at most one version rolled out before)."""
+    serving = {str(v.version): v.tags.get(CANARY_TAG) for v in client.search_model_versions(f"name='{name}'")
+               if v.tags.get(SERVING_TAG) == service}
+    if version not in serving or serving.pop(version) != (str(canary) if canary else None):
+        return False
+    return not serving or (canary > 0 and len(serving) == 1 and None in serving.values())
 
 
 def _record(client, name: str, version: str, service: str, canary: int) -> None:

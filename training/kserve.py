@@ -78,6 +78,26 @@ def apply(body: dict, namespace: str | None, timeout_s: float) -> Applied:
     return Applied(namespace, name, before is None, ready)
 
 
+def current(name: str, namespace: str | None) -> tuple[str, dict | None]:
+    """(the namespace, the InferenceService `name` there as it is now, or None when there is none)."""
+    from kubernetes import client
+
+    api_client, namespace = _connect(namespace)
+    with api_client:
+        return namespace, _get(client.CustomObjectsApi(api_client), namespace, name,
+                               f"InferenceService {namespace}/{name}")
+
+
+def served_storage_uri(service: dict | None) -> str | None:
+    """The storageUri the service's predictor is specified to serve (None: no service, or none set)."""
+    return (((service or {}).get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
+
+
+def canary_percent(service: dict | None) -> int:
+    """The share of traffic the service's spec sends to its newest model as a canary (0: all of it)."""
+    return int((((service or {}).get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") or 0)
+
+
 def _wait_ready(api, namespace: str, name: str, where: str, changed: bool, seen: int | None,
                 timeout_s: float) -> dict:
     """Poll until Ready is True in a status that reflects the spec applied. KServe's

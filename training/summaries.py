@@ -63,9 +63,14 @@ def rollback_lines(name: str, demoted: str, restored: str, deployed: Deployed | 
 def deployed_line(deployed: Deployed) -> str:
     share = (f", {deployed.canary_traffic_percent}% of the traffic (canary)"
              if deployed.canary_traffic_percent else "")
+    if not deployed.applied:
+        return (f"deploy: {deployed.model_name} version {deployed.version} already served at "
+                f"InferenceService {deployed.service}{share}; the registry's serving tags now say so")
+    moved = (f"; the champion moved to version {deployed.champion_now} meanwhile: deploy again (a follower "
+             "does)" if deployed.champion_now else "")
     return (f"deploy: {deployed.model_name} version {deployed.version} serves at InferenceService "
             f"{deployed.service} ({'created' if deployed.created else 'patched'}, Ready{share}); "
-            f"storageUri {deployed.storage_uri}")
+            f"storageUri {deployed.storage_uri}{moved}")
 
 
 def sample_line(count: int, out: Path) -> str:

@@ -7,6 +7,7 @@
     promote    -> `champion` moved to the challenger only if the rule says so
     rollback   -> `champion` back at the version it replaced (and the InferenceService with it, if asked)
     deploy     -> a KServe InferenceService pointed at the champion's files, Ready, recorded on the version
+    follow     -> deploy, level-triggered: the service kept on whatever `champion` names
     sample     -> generated digits as .npz and a PNG grid
     main       -> train, evaluate, register and promote as nested runs under one parent run
     sweep      -> trials under one parent run, ranked by the promotion rule, the winner registered
@@ -23,6 +24,7 @@ download). Importing this package imports neither TensorFlow, JAX, Keras nor MLf
 what it needs when it runs.
 """
 
+from training.deploy import follow  # a job as it is
 from training.jobs.end_to_end import MainResult, main
 from training.jobs.evaluation_run import Evaluated, evaluate
 from training.jobs.local_files import download_data, sample
@@ -32,8 +34,29 @@ from training.jobs.training_run import Trained, train
 from training.jobs.trials import SweepFailed, SweepResult, rank_trials, run_pipeline_trial, run_trial, sweep
 
 __all__ = [
-    "Evaluated", "MainResult", "Promoted", "SweepFailed", "SweepResult", "Trained",
-    "deploy", "download_data", "evaluate", "main", "open_run", "passes_gate", "prepare_data", "promote",
-    "rank_trials", "register", "register_and_promote", "rollback", "run_pipeline_trial", "run_trial",
-    "sample", "sweep", "train", "train_classifier",
+    "Evaluated",
+    "MainResult",
+    "Promoted",
+    "SweepFailed",
+    "SweepResult",
+    "Trained",
+    "deploy",
+    "download_data",
+    "evaluate",
+    "follow",
+    "main",
+    "open_run",
+    "passes_gate",
+    "prepare_data",
+    "promote",
+    "rank_trials",
+    "register",
+    "register_and_promote",
+    "rollback",
+    "run_pipeline_trial",
+    "run_trial",
+    "sample",
+    "sweep",
+    "train",
+    "train_classifier",
 ]

@@ -312,3 +312,45 @@ def test_a_deploy_not_ready_in_time_exits_1_with_one_line_and_records_nothing(tm
                                                  "was not Ready within 1 s: Ready is False: RevisionFailed: "
                                                  "image pull")]
     assert served(registry, name) == {version: (None, None)}
+
+
+# ---- canaries and KServe's deployment modes ----
+
+@pytest.mark.parametrize(("mode", "refusal"), [
+    ("Standard", "runs in KServe's Standard mode, where a canary share of the traffic is not possible"),
+    ("RawDeployment", "runs in KServe's Standard mode"),  # the spelling before KServe 0.16
+    (None, "does not say its deployment mode (no status.deploymentMode)"),
+])
+def test_a_canary_the_service_cannot_give_is_refused_and_nothing_changes(tmp_path, monkeypatch, registry,
+                                                                          mode, refusal):
+    """In Standard mode KServe ignores canaryTrafficPercent (the stand-in, like KServe, would roll the new
+    model out to all the traffic): a canary there is refused in one line before anything is sent."""
+    name = "standard-mode"
+    first, first_uri = register(registry, name, fid=50.0)
+    second, _ = register(registry, name, fid=40.0)
+    crown(registry, name, first)
+    with cluster(tmp_path, monkeypatch, mode=mode) as api:
+        deploy.deploy(name, Target("mnist-gan"))
+        crown(registry, name, second)
+        refused = run_cli(["deploy", "--name", name, "--inference-service", "mnist-gan",
+                           "--canary-traffic-percent", "10"], tmp_path)
+        assert refused.returncode == 1
+        said = refused.stderr.strip().splitlines()
+        assert len(said) == 1 and said[0].startswith(f"mnist-gan deploy: error: InferenceService "
+                                                     f"team-a/mnist-gan {refusal}"), said
+        assert [r["method"] for r in api.after("POST")].count("PATCH") == 0 and served_uri(api) == first_uri
+        assert served(registry, name) == {first: ("team-a/mnist-gan", None), second: (None, None)}
+        full = run_cli(["deploy", "--name", name, "--inference-service", "mnist-gan"], tmp_path)
+        assert full.returncode == 0, full.stderr[-2000:]
+    assert served(registry, name) == {first: (None, None), second: ("team-a/mnist-gan", None)}
+
+
+def test_a_canary_of_the_first_model_is_a_full_rollout_recorded_as_one(tmp_path, monkeypatch, registry):
+    name = "first-canary"
+    version, _ = register(registry, name, fid=50.0)
+    crown(registry, name, version)
+    with cluster(tmp_path, monkeypatch) as api:
+        deployed = deploy.deploy(name, Target("mnist-gan", canary_traffic_percent=10))
+        assert "canaryTrafficPercent" not in api.objects[("team-a", "mnist-gan")]["spec"]["predictor"]
+    assert deployed.canary_traffic_percent == 0
+    assert served(registry, name) == {version: ("team-a/mnist-gan", None)}

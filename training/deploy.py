@@ -112,6 +112,8 @@ def deploy(name: str, target: Target, client=None) -> Deployed:
 
     client = client or MlflowClient()
     version, uri = _champion(client, name, target)
+    if target.canary_traffic_percent:
+        target = _canary_possible(target)
     body = kserve.inference_service(target.inference_service, uri, target.model_reader,
                                     target.canary_traffic_percent)
     applied = kserve.apply(body, target.namespace, target.timeout)
@@ -119,6 +121,16 @@ def deploy(name: str, target: Target, client=None) -> Deployed:
     champion_now = _record_if_served(client, name, version, service, uri, target)
     return Deployed(name, version, service, uri, applied.created, target.canary_traffic_percent,
                     champion_now=champion_now if champion_now != version else None)
+
+
+def _canary_possible(target: Target) -> Target:
+    """The target of a canary deploy: as it is where the service's mode splits traffic (else DeployError),
+    or without the canary when the service serves nothing yet (no earlier model to keep the rest)."""
+    namespace, now = kserve.current(target.inference_service, target.namespace)
+    if kserve.served_storage_uri(now) is None:
+        return dataclasses.replace(target, canary_traffic_percent=0)
+    kserve.check_canary(now, f"InferenceService {namespace}/{target.inference_service}")
+    return target
 
 
 def reconcile(name: str, target: Target, client=None) -> Deployed | None:

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+# KServe's deployment modes, as its status reports them, under each spelling it has used (0.16 renamed
+# RawDeployment to Standard and Serverless to Knative; pkg/constants ParseDeploymentMode).
+STANDARD, KNATIVE = "Standard", "Knative"
+MODES = {"Standard": STANDARD, "RawDeployment": STANDARD, "Knative": KNATIVE, "Serverless": KNATIVE}
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 RUNTIME = "mnist-gan-mlserver"  # infra/k8s/serving/runtime.yaml
 POD_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 POLL_S = 2.0
@@ -91,6 +96,32 @@ def current(name: str, namespace: str | None) -> tuple[str, dict | None]:
 def served_storage_uri(service: dict | None) -> str | None:
     """The storageUri the service's predictor is specified to serve (None: no service, or none set)."""
     return (((service or {}).get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
+
+
+def deployment_mode(service: dict) -> str | None:
+    """How KServe runs the service: `status.deploymentMode` once reconciled, else the annotation that asks
+    for a mode; STANDARD or KNATIVE (another mode as it is spelled; None: neither says)."""
+    said = ((service.get("status") or {}).get("deploymentMode")
+            or (service.get("metadata", {}).get("annotations") or {}).get(MODE_ANNOTATION))
+    return MODES.get(said, said)
+
+
+def check_canary(service: dict, where: str) -> None:
+    """Refuse a canary the service's deployment mode cannot give: only Knative (Serverless) mode splits the
+    traffic by `canaryTrafficPercent`. In Standard (raw Deployment) mode KServe ignores that field and rolls
+    the new model out to all the traffic, and KServe 0.20.0's `spec.canary` gives a canary its own replicas
+    and Service but no share of the service's traffic (weighted routes come after 0.20.0): docs/KUBEFLOW.md,
+    "Canaries and KServe's deployment modes"."""
+    mode = deployment_mode(service)
+    if mode == KNATIVE:
+        return
+    if mode == STANDARD:
+        raise DeployError(f"{where} runs in KServe's Standard mode, where a canary share of the traffic is "
+                          "not possible (canaryTrafficPercent is ignored there: it would be a full rollout); "
+                          "deploy without --canary-traffic-percent, or serve from a Knative (Serverless) "
+                          "InferenceService")
+    raise DeployError(f"{where} does not say its deployment mode ({mode or 'no status.deploymentMode'}), so "
+                      "a canary could silently be a full rollout: deploy without --canary-traffic-percent")
 
 
 def canary_percent(service: dict | None) -> int:

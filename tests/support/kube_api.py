@@ -7,7 +7,9 @@ It stands in for KServe's controller too, as a script: a spec change is "reconci
 `reconcile_after`-th read after it (until then reads show the status from before, as a real cluster does
 for a moment), and the status it then reports says Ready is `ready`, with `reason` and `message`, and
 `failure` as the model's last failure when given. `status.observedGeneration` moves with each reconcile,
-as KServe's (its Deployment's or Knative Service's generation) does.
+as KServe's (its Deployment's or Knative Service's generation) does. `mode` is the deployment mode KServe
+reports in `status.deploymentMode` once it has reconciled the service ("Knative", the release manifests'
+default, or "Standard"; None: an older KServe that reports none).
 """
 
 from __future__ import annotations
@@ -48,18 +50,20 @@ def write_kubeconfig(path, server: str, namespace: str = "team-a") -> None:
 
 class KubeApi:
     def __init__(self, ready: str = "True", reason: str = "", message: str = "", failure: str = "",
-                 reconcile_after: int = 1, kserve: bool = True, forbidden: bool = False):
+                 reconcile_after: int = 1, kserve: bool = True, forbidden: bool = False,
+                 mode: str | None = "Knative"):
         self.requests: list[dict] = []
         self.objects: dict[tuple[str, str], dict] = {}
         self.ready, self.reason, self.message, self.failure = ready, reason, message, failure
         self.reconcile_after, self.kserve, self.forbidden = reconcile_after, kserve, forbidden
+        self.mode = mode
         self._unreconciled: dict[tuple[str, str], int] = {}  # reads left before the pending reconcile
 
     def add(self, namespace: str, service: dict) -> None:
         """An InferenceService that exists before the test, reconciled and Ready."""
         stored = copy.deepcopy(service)
         stored["metadata"].update(namespace=namespace, generation=1)
-        stored["status"] = self._status(1, "True", "", "", "")
+        stored["status"] = self._status(1, "True", "", "", "", self.mode)
         self.objects[(namespace, stored["metadata"]["name"])] = stored
 
     def after(self, method: str) -> list[dict]:
@@ -100,15 +104,17 @@ class KubeApi:
             if self._unreconciled[key] == 0:
                 del self._unreconciled[key]
                 seen = (stored.get("status") or {}).get("observedGeneration", 0)
-                stored["status"] = self._status(seen + 1, self.ready, self.reason, self.message, self.failure)
+                stored["status"] = self._status(seen + 1, self.ready, self.reason, self.message, self.failure,
+                                                self.mode)
             else:
                 self._unreconciled[key] -= 1
         return 200, stored
 
     @staticmethod
-    def _status(observed: int, ready: str, reason: str, message: str, failure: str) -> dict:
+    def _status(observed: int, ready: str, reason: str, message: str, failure: str, mode: str | None) -> dict:
         said = {k: v for k, v in (("reason", reason), ("message", message)) if v}
         status = {"observedGeneration": observed, "modelStatus": {"transitionStatus": "UpToDate"},
+                  **({"deploymentMode": mode} if mode else {}),
                   "conditions": [{"type": "IngressReady", "status": "True"},
                                  {"type": "PredictorReady", "status": ready, **said},
                                  {"type": "Ready", "status": ready, **said}]}

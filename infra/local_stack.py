@@ -17,6 +17,10 @@ import urllib.request
 from pathlib import Path
 
 S3_KEY_ID, S3_SECRET = "test-access-key", "test-secret-key"
+# The S3 identities besides the admin (AWS_* of the weed process), the same file the cluster's SeaweedFS
+# gets (infra/k8s/tracking): the model reader, read and list on bucket mlflow-artifacts only, with the
+# development keys of infra/k8s/serving/model-reader.env.example.
+S3_IDENTITIES = Path(__file__).resolve().parent / "k8s" / "tracking" / "s3-identities.json.example"
 
 
 def free_port() -> int:
@@ -77,7 +81,8 @@ def background(args: list[str], log: Path, env: dict[str, str], append: bool = F
 
 
 def s3_server(directory: Path, bucket: str = "mnist-gan"):
-    """SeaweedFS `weed mini`; yields the env (AWS_* and AWS_ENDPOINT_URL) that reaches it."""
+    """SeaweedFS `weed mini` with the admin S3_KEY_ID and the identities of S3_IDENTITIES; yields the
+    admin's env (AWS_* and AWS_ENDPOINT_URL) that reaches it."""
     return on_free_ports(lambda: _s3_server(directory, bucket))
 
 
@@ -92,7 +97,7 @@ def _s3_server(directory: Path, bucket: str):
     ports = [f"-{name}={free_port()}" for name in
              ("master.port", "volume.port", "filer.port", "admin.port")]
     args = [weed, "mini", f"-dir={directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={port}", "-webdav=false", "-admin.ui=false", *ports]
+            f"-s3.port={port}", f"-s3.config={S3_IDENTITIES}", "-webdav=false", "-admin.ui=false", *ports]
     endpoint = f"http://127.0.0.1:{port}"
     with background(args, directory / "weed.log", env) as process:
         import boto3

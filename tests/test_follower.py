@@ -93,6 +93,8 @@ def test_an_alias_moved_by_hand_is_served_within_the_period_and_missed_changes_h
     assert sum(f"{NAME} version 2 serves at InferenceService team-a/{SERVICE}" in line for line in lines) == 2
     assert any("already served" in line and "tags now say so" in line for line in lines)
     assert "Traceback" not in err
+    # what infra/k8s/follower's Role allows: get, create and patch
+    assert {r["method"] for r in api.requests} == {"GET", "POST", "PATCH"}
 
 
 def test_a_follower_that_cannot_reach_the_cluster_says_so_and_keeps_looking(tmp_path):

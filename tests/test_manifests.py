@@ -72,7 +72,7 @@ def tracking(tmp_path_factory) -> list[dict]:
     return rendered(K8S / "tracking", tmp_path_factory.mktemp("tracking"))
 
 
-@pytest.mark.parametrize("folder", ["tracking", "pipeline"])
+@pytest.mark.parametrize("folder", ["tracking", "pipeline", "follower"])
 def test_every_rendered_object_is_valid_kubernetes(folder, tmp_path):
     objects = rendered(K8S / folder, tmp_path)
     assert objects
@@ -120,7 +120,7 @@ def test_the_server_upgrades_its_database_schema_before_it_starts(tracking):
 def test_env_references_resolve(tracking):
     """A `$(VAR)` stays literal text unless VAR comes earlier in the list; a pod whose secretKeyRef names a
     missing key never starts."""
-    secret = next(obj for obj in tracking if obj["kind"] == "Secret")
+    (secret,) = [obj for obj in tracking if obj["metadata"]["name"] == "mnist-gan-stack"]
     assert env_keys(K8S / "tracking" / "secrets.env.example") == set(secret["data"])
     for container in containers(tracking).values():
         defined = set()
@@ -171,3 +171,30 @@ def test_compose_runs_the_same_images_on_localhost_only(tracking):
     assert set(ADMIN_ENV) <= set(environment)
     images = {service["image"] for service in services.values()}
     assert images == {container["image"] for container in containers(tracking).values()}
+
+
+def test_the_follower_runs_deploy_follow_with_only_the_rights_deploy_uses(tmp_path):
+    """infra/k8s/follower: one pod running `mnist-gan deploy --follow` (flags the CLI accepts), unprivileged,
+    with a Role allowing exactly the requests a deploy makes (tests/test_follower.py records them: GET,
+    POST and PATCH of inferenceservices) and the pipeline's tracking Secret."""
+    from training.cli import build_parser
+
+    objects = rendered(K8S / "follower", tmp_path)
+    assert refusals(objects) == [] and all("namespace" not in obj["metadata"] for obj in objects)
+    by_kind = {obj["kind"]: obj for obj in objects}
+    assert set(by_kind) == {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    (rule,) = by_kind["Role"]["rules"]
+    assert rule == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                    "verbs": ["get", "create", "patch"]}
+    assert by_kind["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "mnist-gan-follower"}]
+    deployment = by_kind["Deployment"]["spec"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    pod = deployment["template"]["spec"]
+    assert pod["serviceAccountName"] == "mnist-gan-follower" and pod["securityContext"]["runAsNonRoot"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.follow, args.inference_service) == ("deploy", 60, "mnist-gan")
+    assert container["envFrom"] == [{"secretRef": {"name": "mnist-gan-tracking"}}]  # infra/k8s/pipeline's
+    unprivileged = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == unprivileged
+    assert image_tag(container["image"]) == "0.1.0" and "memory" in container["resources"]["limits"]

@@ -291,11 +291,12 @@ def test_the_deploy_and_rollback_commands(tmp_path, monkeypatch, registry):
         assert rolled_back.returncode == 0, rolled_back.stderr[-2000:]
         assert served_uri(api) == first_uri
     serves = "serves at InferenceService team-a/mnist-gan"
+    unchecked = "its answer not checked: KServe reported no URL"  # the stand-in reports none
     assert deployed.splitlines() == [
-        f"deploy: {name} version {second} {serves} (created, Ready); storageUri {second_uri}"]
+        f"deploy: {name} version {second} {serves} (created, Ready); storageUri {second_uri}; {unchecked}"]
     assert rolled_back.stdout.splitlines() == [
         f"rollback: {name} champion moved from version {second} back to {first}",
-        f"deploy: {name} version {first} {serves} (patched, Ready); storageUri {first_uri}"]
+        f"deploy: {name} version {first} {serves} (patched, Ready); storageUri {first_uri}; {unchecked}"]
     assert served(registry, name) == {first: ("team-a/mnist-gan", None), second: (None, None)}
 
 

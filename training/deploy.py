@@ -87,6 +87,7 @@ class Deployed:
     canary_traffic_percent: int
     applied: bool = True  # False: the service already served it; only the registry's tags were put right
     champion_now: str | None = None  # the champion when the deploy was recorded, had it moved meanwhile
+    checked: str = ""  # whether the service's answer was checked against the version's own, in words
 
 
 def storage_uri(artifact_uri: str, artifacts_destination: str) -> str:
@@ -118,9 +119,10 @@ def deploy(name: str, target: Target, client=None) -> Deployed:
                                     target.canary_traffic_percent)
     applied = kserve.apply(body, target.namespace, target.timeout)
     service = f"{applied.namespace}/{applied.name}"
+    checked = _answer_checked(client, name, version, applied.ready, target)
     champion_now = _record_if_served(client, name, version, service, uri, target)
     return Deployed(name, version, service, uri, applied.created, target.canary_traffic_percent,
-                    champion_now=champion_now if champion_now != version else None)
+                    champion_now=champion_now if champion_now != version else None, checked=checked)
 
 
 def _canary_possible(target: Target) -> Target:
@@ -147,8 +149,9 @@ def reconcile(name: str, target: Target, client=None) -> Deployed | None:
     if _tags_say(client, name, version, service, canary):
         return None
     as_served = dataclasses.replace(target, namespace=namespace, canary_traffic_percent=canary)
+    checked = _answer_checked(client, name, version, now, as_served)
     _record_if_served(client, name, version, service, uri, as_served)
-    return Deployed(name, version, service, uri, False, canary, applied=False)
+    return Deployed(name, version, service, uri, False, canary, applied=False, checked=checked)
 
 
 def follow(name: str, target: Target, period_s: float, on_round: Callable[[Deployed | None], None],
@@ -198,6 +201,16 @@ def _record_if_served(client, name: str, version: str, service: str, uri: str, t
                 "registry's serving tags are left to that deploy")
         _record(client, name, version, service, target.canary_traffic_percent)
         return registry.alias_version(client, name, registry.CHAMPION)
+
+
+def _answer_checked(client, name: str, version: str, service: dict, target: Target) -> str:
+    """Check what the service answers against the version's own digits (training/answer_check.py), before
+    anything is recorded; a canary's share of the traffic cannot be addressed, so it is not checked."""
+    if target.canary_traffic_percent:
+        return "its answer not checked: a canary gets only a share of the requests"
+    from training import answer_check
+
+    return answer_check.check(client, name, version, service)
 
 
 def _tags_say(client, name: str, version: str, service: str, canary: int) -> bool:

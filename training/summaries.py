@@ -68,9 +68,10 @@ def deployed_line(deployed: Deployed) -> str:
                 f"InferenceService {deployed.service}{share}; the registry's serving tags now say so")
     moved = (f"; the champion moved to version {deployed.champion_now} meanwhile: deploy again (a follower "
              "does)" if deployed.champion_now else "")
+    checked = f"; {deployed.checked}" if deployed.checked else ""
     return (f"deploy: {deployed.model_name} version {deployed.version} serves at InferenceService "
             f"{deployed.service} ({'created' if deployed.created else 'patched'}, Ready{share}); "
-            f"storageUri {deployed.storage_uri}{moved}")
+            f"storageUri {deployed.storage_uri}{checked}{moved}")
 
 
 def sample_line(count: int, out: Path) -> str:

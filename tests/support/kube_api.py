@@ -9,7 +9,8 @@ for a moment), and the status it then reports says Ready is `ready`, with `reaso
 `failure` as the model's last failure when given. `status.observedGeneration` moves with each reconcile,
 as KServe's (its Deployment's or Knative Service's generation) does. `mode` is the deployment mode KServe
 reports in `status.deploymentMode` once it has reconciled the service ("Knative", the release manifests'
-default, or "Standard"; None: an older KServe that reports none).
+default, or "Standard"; None: an older KServe that reports none). `url` is where the reconciled service
+answers (`status.url` and `status.address.url`; None: no URL reported).
 """
 
 from __future__ import annotations
@@ -51,19 +52,19 @@ def write_kubeconfig(path, server: str, namespace: str = "team-a") -> None:
 class KubeApi:
     def __init__(self, ready: str = "True", reason: str = "", message: str = "", failure: str = "",
                  reconcile_after: int = 1, kserve: bool = True, forbidden: bool = False,
-                 mode: str | None = "Knative"):
+                 mode: str | None = "Knative", url: str | None = None):
         self.requests: list[dict] = []
         self.objects: dict[tuple[str, str], dict] = {}
         self.ready, self.reason, self.message, self.failure = ready, reason, message, failure
         self.reconcile_after, self.kserve, self.forbidden = reconcile_after, kserve, forbidden
-        self.mode = mode
+        self.mode, self.url = mode, url
         self._unreconciled: dict[tuple[str, str], int] = {}  # reads left before the pending reconcile
 
     def add(self, namespace: str, service: dict) -> None:
         """An InferenceService that exists before the test, reconciled and Ready."""
         stored = copy.deepcopy(service)
         stored["metadata"].update(namespace=namespace, generation=1)
-        stored["status"] = self._status(1, "True", "", "", "", self.mode)
+        stored["status"] = self._status(1, "True", "", "", "", self.mode, self.url)
         self.objects[(namespace, stored["metadata"]["name"])] = stored
 
     def after(self, method: str) -> list[dict]:
@@ -105,16 +106,18 @@ class KubeApi:
                 del self._unreconciled[key]
                 seen = (stored.get("status") or {}).get("observedGeneration", 0)
                 stored["status"] = self._status(seen + 1, self.ready, self.reason, self.message, self.failure,
-                                                self.mode)
+                                                self.mode, self.url)
             else:
                 self._unreconciled[key] -= 1
         return 200, stored
 
     @staticmethod
-    def _status(observed: int, ready: str, reason: str, message: str, failure: str, mode: str | None) -> dict:
+    def _status(observed: int, ready: str, reason: str, message: str, failure: str, mode: str | None,
+                url: str | None) -> dict:
         said = {k: v for k, v in (("reason", reason), ("message", message)) if v}
         status = {"observedGeneration": observed, "modelStatus": {"transitionStatus": "UpToDate"},
                   **({"deploymentMode": mode} if mode else {}),
+                  **({"url": url, "address": {"url": url}} if url else {}),
                   "conditions": [{"type": "IngressReady", "status": "True"},
                                  {"type": "PredictorReady", "status": ready, **said},
                                  {"type": "Ready", "status": ready, **said}]}

@@ -157,7 +157,9 @@ def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab,
     plain = lab.promote("--name", name).stdout
     assert "version 2 was rolled back" in plain and "promote --version 2" in plain
     assert champion(lab, name) == "1"
-    assert "was rolled back" in version_tags(lab, name, "2")["promotion.reason"]
+    refused = version_tags(lab, name, "2")
+    assert "was rolled back" in refused["promotion.reason"]
+    assert "promotion.fid_gain" not in refused, "no score of the earlier head-to-head reads as this decision's"
     import mlflow
 
     mlflow.set_tracking_uri(lab.uri)
@@ -168,7 +170,9 @@ def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab,
 
     again = lab.promote("--name", name, "--version", "2").stdout
     assert "promote rollback-sticks version 2 to champion" in again and champion(lab, name) == "2"
-    assert "explicit promote --version" in version_tags(lab, name, "2")["promotion.reinstated"]
+    reinstated = version_tags(lab, name, "2")
+    assert "explicit promote --version" in reinstated["promotion.reinstated"]
+    assert float(reinstated["promotion.fid_gain_lower"]) > 0 and reinstated["promotion.champion_version"] == "1"
 
 
 PIPELINE_RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 10, "confidence": 0.95}

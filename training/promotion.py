@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     Judge = Callable[[Path, Path], HeadToHead]  # (challenger's file, champion's file) -> their head-to-head
 
 ROLLED_BACK = "promotion.rolled_back"
+# What a head-to-head measured (Decision.scores), and all it records on the version as promotion.* tags.
+SCORES = ("fid", "champion_fid", "classes_covered", "champion_classes_covered", "fid_gain", "fid_gain_lower",
+          "p_value", "confidence", "samples", "seconds")
+HEAD_TO_HEAD_TAGS = tuple(f"promotion.{key}" for key in ("champion_version", "evaluator_sha256", *SCORES))
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,10 @@ class Decision:
         head, rule = self.head_to_head, self.rule
         if head is None or rule is None:
             return {}
-        return {"fid": head.challenger["fid"], "champion_fid": head.champion["fid"],
-                "classes_covered": head.challenger["classes_covered"],
-                "champion_classes_covered": head.champion["classes_covered"],
-                "fid_gain": head.gain.estimate, "fid_gain_lower": head.gain.lower_bound(rule.confidence),
-                "p_value": head.gain.p_value(rule.min_fid_gain), "confidence": rule.confidence,
-                "samples": head.samples, "seconds": head.seconds}
+        return dict(zip(SCORES, (
+            head.challenger["fid"], head.champion["fid"], head.challenger["classes_covered"],
+            head.champion["classes_covered"], head.gain.estimate, head.gain.lower_bound(rule.confidence),
+            head.gain.p_value(rule.min_fid_gain), rule.confidence, head.samples, head.seconds), strict=True))
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,9 @@ def _record(client, name: str, decision: Decision, reinstated: bool) -> None:
         tags["promotion.reinstated"] = f"{_now()}, by an explicit promote --version after its rollback"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if decision.head_to_head is None:  # scores of an earlier head-to-head would read as this decision's
+        for key in set(client.get_model_version(name, version).tags) & set(HEAD_TO_HEAD_TAGS):
+            client.delete_model_version_tag(name, version, key)
     if decision.promote:
         from training import registry
 

@@ -159,7 +159,7 @@ def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab,
     assert champion(lab, name) == "1"
     refused = version_tags(lab, name, "2")
     assert "was rolled back" in refused["promotion.reason"]
-    assert "promotion.fid_gain" not in refused, "no score of the earlier head-to-head reads as this decision's"
+    assert "promotion.fid_gain" not in refused, "the earlier head-to-head's scores are not this decision's"
     import mlflow
 
     mlflow.set_tracking_uri(lab.uri)
@@ -172,7 +172,8 @@ def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab,
     assert "promote rollback-sticks version 2 to champion" in again and champion(lab, name) == "2"
     reinstated = version_tags(lab, name, "2")
     assert "explicit promote --version" in reinstated["promotion.reinstated"]
-    assert float(reinstated["promotion.fid_gain_lower"]) > 0 and reinstated["promotion.champion_version"] == "1"
+    assert float(reinstated["promotion.fid_gain_lower"]) > 0
+    assert reinstated["promotion.champion_version"] == "1"
 
 
 PIPELINE_RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 10, "confidence": 0.95}

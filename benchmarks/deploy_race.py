@@ -60,8 +60,8 @@ def main() -> None:
                 client.set_registered_model_alias(name, "champion", version)
                 racers.append(subprocess.Popen(deploy, env=env, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE, text=True))
-                # the first has read the champion (a process start, ~3 s) before it moves; the two
-                # deploys' waits for Ready (~10 s) overlap, each patch landing first in some rounds
+                # the first has read the champion (a process start, ~3 s) before it moves; in about
+                # half the rounds the second patch lands while the first deploy waits for Ready (~10 s)
                 time.sleep(random.uniform(3, 9))
             said = [(r.wait(), r.communicate()[1].strip()) for r in racers]
             served = kserve.served_storage_uri(api.objects.get(("team-a", SERVICE)))

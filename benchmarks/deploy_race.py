@@ -14,7 +14,6 @@ cluster does after a moment. The registry is real: sqlite, or the server MLFLOW_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import rounds
 
 SERVICE = "mnist-gan"
 
@@ -76,10 +77,7 @@ def main() -> None:
             print(f"round {round_}: serves version {serving}, tagged {sorted(tagged)}, {refused} deploy(s) "
                   f"told they were overtaken{why}"
                   f"{'' if true else ', TAGS WRONG'}", flush=True)
-    print(json.dumps({"rounds": args.rounds, "failed": len(failures), "failures": failures,
-                      "tracking_uri": os.environ["MLFLOW_TRACKING_URI"].split("@")[-1],
-                      "seconds": round(time.perf_counter() - started, 1)}))
-    sys.exit(1 if failures else 0)
+    rounds.finish(args.rounds, failures, started)
 
 
 if __name__ == "__main__":

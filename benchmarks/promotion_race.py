@@ -11,13 +11,14 @@ drawn by z; a promotion scores them head to head), promotes version 1, then star
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import rounds
 
 COMPONENTS = (2, 8, 64)  # versions 1, 2 and 3: more of MNIST's variance, a lower FID
 SAMPLES = "2000"
@@ -80,10 +81,7 @@ def main() -> None:
             failures.append({"round": round_, "champion": champion, "errors": errors})
         print(f"round {round_}: champion {champion}{', FAILED: ' + '; '.join(errors) if errors else ''}",
               flush=True)
-    print(json.dumps({"rounds": args.rounds, "failed": len(failures), "failures": failures,
-                      "tracking_uri": os.environ["MLFLOW_TRACKING_URI"].split("@")[-1],
-                      "seconds": round(time.perf_counter() - started, 1)}))
-    sys.exit(1 if failures else 0)
+    rounds.finish(args.rounds, failures, started)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ requirements/%.txt:
 # The main job, tracked to $$MLFLOW_TRACKING_URI or MLflow's default sqlite:///mlflow.db. MLflow's own
 # INFO lines (database set-up, the command it runs) show with MNIST_GAN_LOG_LEVEL=debug.
 QUIET_MLFLOW = $(if $(filter debug DEBUG,$(MNIST_GAN_LOG_LEVEL)),,MLFLOW_LOGGING_LEVEL="$${MLFLOW_LOGGING_LEVEL:-WARNING}")
+# `mlflow run` opens the run before the project's code starts, in experiment Default unless told: here it
+# goes to mnist-gan (training/mlflow_env.py) unless MLFLOW_EXPERIMENT_NAME, MLFLOW_EXPERIMENT_ID or PARAMS
+# name another.
+EXPERIMENT_FLAG = $(if $(MLFLOW_EXPERIMENT_NAME)$(MLFLOW_EXPERIMENT_ID)$(findstring --experiment-,$(PARAMS)),,--experiment-name mnist-gan)
 run: install
-	PATH="$(BIN):$$PATH" $(QUIET_MLFLOW) $(BIN)/mlflow run . --env-manager local $(PARAMS)
+	PATH="$(BIN):$$PATH" $(QUIET_MLFLOW) $(BIN)/mlflow run . --env-manager local $(EXPERIMENT_FLAG) $(PARAMS)
 
 # Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest
 # on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup). One more worker than

@@ -75,7 +75,8 @@ def test_the_main_summary_says_whether_champion_moved_and_why():
 
     def summary(decision: Decision) -> list[str]:
         promoted = SimpleNamespace(decision=decision, name="m", dry_run=False, copied_from=None)
-        return summary_lines(SimpleNamespace(run_id="p1", promoted=promoted, evaluated=evaluated))
+        return summary_lines(SimpleNamespace(run_id="p1", promoted=promoted, evaluated=evaluated,
+                                             link="http://127.0.0.1:5000/#/experiments/1/runs?view"))
 
     moved = summary(Decision(True, "no champion yet", "1", None))
     assert moved[:3] == ["main: done (run p1)",

@@ -218,7 +218,7 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, host_classif
     (trained_output,) = (work / "root").glob("*/train-gan/executor_output.json")
     generator = json.loads(trained_output.read_text())["artifacts"]["generator"]["artifacts"][0]["metadata"]
     assert generator["mlflow_run_id"] == train.info.run_id
-    assert (generator["mlflow_run"].endswith(f"/runs/{train.info.run_id}")
+    assert (generator["mlflow_run"].endswith(f"/runs/{train.info.run_id}?workflowType=machine_learning")
             and "@" not in generator["mlflow_run"])
 
     s3 = boto3.client("s3", endpoint_url=stack.s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",

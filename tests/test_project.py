@@ -65,7 +65,9 @@ def test_make_run_in_a_pipe_prints_progress_lines_and_a_summary_and_nothing_else
     assert re.fullmatch(r"  champion: none for mnist-gan-generator; version 1 not moved \(\d digit classes "
                         r"covered, needs 10 to be promoted at all \(min_classes_covered\)\)", summary[1])
     assert re.match(r"  FID [\d.]+ on 500 samples \(real images score [\d.]+\)", summary[2])
-    assert "mlflow ui --backend-store-uri sqlite:///" in summary[3] and "report.html" in summary[4]
+    assert "mlflow ui --backend-store-uri sqlite:///" in summary[3] and "report.html" in summary[5]
+    assert re.fullmatch(r" +then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?"
+                        r"workflowType=machine_learning", summary[4]), summary[4]
     outside_progress = [line for line in lines + done.stderr.splitlines() if not line.startswith("epoch ")]
     assert len(outside_progress) < 25, outside_progress
 
@@ -87,6 +89,15 @@ def test_mlflow_run_main_trains_evaluates_registers_and_applies_the_promotion_ru
     assert tags["evaluation_run_id"] == children["evaluate"].info.run_id and tags["promoted"] == "false"
     assert "min_classes_covered" in children["promote"].data.tags["reason"]
     assert "fid" in parent.data.metrics and "reference_fid" in children["evaluate"].data.metrics
+    # `mlflow run` made the experiment it was named; the job marked it as one of training runs
+    kind = client.get_experiment_by_name("project-test").tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+    note = tags["mlflow.note.content"]  # what the parent's page says it made and decided
+    assert note.startswith("**mnist-gan-generator version 1: registered and not promoted.**"), note
+    assert "Why: " in note and "On 500 samples (real images in brackets): FID " in note, note
+    assert f"[evaluation report](#/experiments/{parent.info.experiment_id}/runs/" in note, note
+    promote_note = children["promote"].data.tags["mlflow.note.content"]
+    assert promote_note.startswith("**mnist-gan-generator version 1: not promoted.**"), promote_note
     model = client.get_registered_model(JobConfig().model_name)
     assert "champion" not in model.aliases, "a generator of 8 steps covers too few classes to be champion"
     challenger = client.get_model_version_by_alias(JobConfig().model_name, "challenger")

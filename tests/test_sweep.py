@@ -249,6 +249,11 @@ def test_mlflow_run_sweep_ranks_registers_and_promotes_the_best_despite_a_failin
     assert "sweep: trial 3/3 (train_images=60000, learning_rate=0.001, seed=2) failed" in result.stdout
     assert "promote mnist-gan-generator version 1 to champion" in result.stdout
     _check_ranked_and_promoted(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    _, parent, _ = _sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    note = parent.data.tags["mlflow.note.content"].split("\n\n")  # what the parent's page says
+    assert note[0] in {f"**Sweep of 3 trials, 2 finished: trial {n} wins.**" for n in (1, 2)}, note
+    assert note[1] == "**mnist-gan-generator version 1: registered and promoted to champion.**", note
+    assert note[4].startswith("| rank | trial |") and "**winner**" in note[4], note
 
 
 @pytest.mark.slow
@@ -260,6 +265,8 @@ def test_a_sweep_whose_trials_all_fail_exits_1_and_promotes_nothing(tmp_path, mn
     assert "error: all 2 trials failed; nothing registered or promoted" in result.stderr
     client, parent, children = _sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert parent.info.status == "FAILED" and parent.data.metrics["trials_failed"] == 2
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**sweep failed**: SweepFailed: all 2 trials failed"), note
     assert {children["trial-1"].info.status, children["trial-2"].info.status} == {"FAILED"}
     assert client.search_registered_models() == []
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 # fixture -> the xdist group whose one worker builds it once
-SHARED = {"lab": "lab", "main_job": "main_job", "mnist_less_one": "sweep"}
+SHARED = {"lab": "lab", "main_job": "main_job", "mnist_less_one": "sweep", "mlflow_ui": "mlflow_ui"}
 
 
 def _marks(item: pytest.Item, name: str) -> list[pytest.Mark]:

@@ -11,10 +11,10 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from training import checkpoint
+from training import checkpoint, mlflow_env
 from training.config import ConfigError, TrainConfig
 from training.data import check_readable
-from training.mlflow_env import EXPERIMENT, without_credentials
+from training.mlflow_env import without_credentials
 
 SQLITE = "sqlite:///"
 DEFAULT_TRACKING_URI = f"{SQLITE}mlflow.db"  # MLflow's, where neither MLFLOW_TRACKING_URI nor ./mlruns is set
@@ -115,11 +115,7 @@ def artifact_store() -> None:
 def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
     """Keyed by server and endpoint only: a process tracks to one experiment (MLflow sets
     MLFLOW_EXPERIMENT_ID once it has chosen it, which must not make this check run again)."""
-    import mlflow
-
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    experiment = (mlflow.get_experiment(experiment_id) if experiment_id
-                  else mlflow.set_experiment(EXPERIMENT))
+    experiment = mlflow_env.set_experiment()
     location = urllib.parse.urlparse(experiment.artifact_location)
     if location.scheme != "s3":
         return

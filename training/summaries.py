@@ -92,7 +92,7 @@ def main_lines(done: MainResult) -> list[str]:
 
 def summary_lines(done: MainResult) -> list[str]:
     """What a person acts on after `main`: the champion and why, the FID against real images, and where
-    to look further."""
+    to look further (the experiment's training runs in MLflow's UI, main's page saying what it decided)."""
     import mlflow
 
     decision, name = done.promoted.decision, done.promoted.name
@@ -100,15 +100,15 @@ def summary_lines(done: MainResult) -> list[str]:
     moved = f"{'moved to it' if decision.promote else 'not moved'} ({decision.reason})"
     evaluation = done.evaluated.evaluation
     uri = mlflow.get_tracking_uri()
-    where = (f"open {done.evaluated.link}" if uri.startswith(("http://", "https://"))
-             else f"mlflow ui --backend-store-uri {uri}")
+    where = ([f"open {done.link}"] if uri.startswith(("http://", "https://"))
+             else [f"mlflow ui --backend-store-uri {uri}", f"then open {done.link}"])
     fid = (f"FID {evaluation.metrics['fid']:.4g} on {len(evaluation.samples):,} samples "
            f"(real images score {evaluation.reference['fid']:.4g})")
     return [f"main: done (run {done.run_id})",
             f"  champion: {name} version {champion}; alias 'champion' {moved}" if champion else
             f"  champion: none for {name}; version {decision.challenger} {moved}",
             f"  {fid}",
-            f"  look further: {where}",
+            f"  look further: {where[0]}", *(f"                {line}" for line in where[1:]),
             f"                report: runs:/{done.evaluated.run_id}/report/report.html",
             f"                serve: make serve MODEL_URI=models:/{name}@champion"]
 

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 
 import mlflow
 
-from training import kfp_plugin
+from training import kfp_plugin, mlflow_env, notes
 from training.config import TrainConfig
 from training.data import Mnist, load_mnist
-from training.mlflow_env import EXPERIMENT
 from training.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -64,8 +63,9 @@ class MlflowTracker:
 @contextlib.contextmanager
 def start_job_run(name: str, config: TrainConfig):
     """The parent run `name` of a job that trains (main, a sweep), its dataset logged first by a nested
-    `prepare-data` run; yields (the parent's run id, the loaded MNIST)."""
-    with start_run(name) as parent:
+    `prepare-data` run; yields (the parent's run id, the loaded MNIST). If the job fails, the parent's
+    description says why."""
+    with start_run(name) as parent, notes.failure_noted(name):
         with start_run("prepare-data", parent.info.run_id):
             mnist = load_mnist(config.data)
             log_dataset(mnist, config.train_images or len(mnist.x_train))
@@ -95,8 +95,8 @@ def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = 
             yield run
         return
     nested = parent_run_id is not None
-    if not (os.environ.get("MLFLOW_RUN_ID") or run_id or active):
-        mlflow.set_experiment(EXPERIMENT)
+    if not (nested or active):
+        mlflow_env.set_experiment(run_id)
     experiment_id = active.info.experiment_id if nested and not run_id else None
     with _failing_with_error(mlflow.start_run(run_id=run_id, nested=nested, run_name=None if run_id else name,
                                               experiment_id=experiment_id, log_system_metrics=True)) as run:

@@ -18,6 +18,7 @@ class MainResult:
     evaluated: Evaluated
     version: str
     promoted: Promoted
+    link: str  # where a person opens the experiment's training runs, main's first
 
 
 def main(config: TrainConfig, job: JobConfig) -> MainResult:
@@ -25,7 +26,7 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
     checks.before_training(config)
     import mlflow
 
-    from training import tracking
+    from training import mlflow_env, notes, tracking
 
     checks.artifact_store()
     with tracking.start_job_run("main", config) as (parent_id, _):
@@ -38,4 +39,7 @@ def main(config: TrainConfig, job: JobConfig) -> MainResult:
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(promoted.decision.promote).lower()})
         mlflow.log_metrics(evaluated.evaluation.metrics)
-    return MainResult(parent_id, trained, evaluated, version, promoted)
+        done = MainResult(parent_id, trained, evaluated, version, promoted,
+                          mlflow_env.runs_view(mlflow.active_run().info.experiment_id))
+        notes.describe_main(done)
+    return done

@@ -24,6 +24,7 @@ class Promoted:
     decision: Decision
     dry_run: bool
     copied_from: str | None = None  # "<name>/<version>" when carried over from another registry
+    run_id: str | None = None  # the `promote` run that recorded the decision (None in a dry run)
 
 
 def register(training_run_id: str, evaluation_run_id: str, name: str,
@@ -84,30 +85,36 @@ def promote(name: str, rule: PromotionRule, judge: Judge, dry_run: bool = False,
         version = registry.copy_to_registry(name, str(source), target_uri, target_name)
         name, client = target_name, target
         generator_file = None  # the copy is what gets promoted: verify its files
-    with contextlib.nullcontext() if dry_run else tracking.start_run("promote", parent_run_id):
+    with contextlib.nullcontext() if dry_run else tracking.start_run("promote", parent_run_id) as run:
         decision = promotion.promote(name, rule, judge, dry_run=dry_run, client=client, version=version,
                                      generator_file=Path(generator_file) if generator_file else None,
                                      reinstate=reinstate)
         if not dry_run:
             _log_decision(name, decision)
-    return Promoted(name, decision, dry_run, copied_from)
+    return Promoted(name, decision, dry_run, copied_from, run and run.info.run_id)
 
 
 def _log_decision(name: str, decision: Decision) -> None:
-    """The decision in the active promote run: why, the head-to-head's scores, and its picture."""
+    """The decision in the active promote run: why, the head-to-head's scores, and its picture; the run's
+    description says the same in words."""
     import mlflow
 
-    from training import report
+    from training import notes, report
+
+    notes.describe_promotion(name, decision)
 
     mlflow.set_tags({"promoted": str(decision.promote).lower(), "reason": decision.reason,
                      "registered_model": name, "challenger_version": decision.challenger,
                      **({"champion_version": decision.champion} if decision.champion else {})})
+    # Prefixed: under Kubeflow's MLflow plugin this is the promote task's run, where KFP's launcher logs the
+    # task's inputs (min_fid_gain, samples...) under their own names, spelled its way.
     if decision.rule:
-        mlflow.log_params(dataclasses.asdict(decision.rule))
+        mlflow.log_params({f"rule.{k}": v for k, v in dataclasses.asdict(decision.rule).items()})
     head = decision.head_to_head
     if head is None:
         return
-    mlflow.log_params({"samples": head.samples, "seed": head.seed, "evaluator_sha256": head.evaluator_sha256})
+    mlflow.log_params({"head_to_head.samples": head.samples, "head_to_head.seed": head.seed,
+                       "evaluator_sha256": head.evaluator_sha256})
     mlflow.log_metrics({k: v for k, v in decision.scores().items() if k not in ("samples", "confidence")})
     with tempfile.TemporaryDirectory() as tmp:
         for path in report.write_decision_report(name, decision, Path(tmp)):

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training import checkpoint, checks
+from training import checkpoint, checks, mlflow_env
 from training.config import JobConfig, TrainConfig
 from training.jobs.evaluation_run import evaluate
 from training.jobs.release import Promoted, register_and_promote
 from training.jobs.training_run import train
-from training.mlflow_env import EXPERIMENT
 from training.promotion import PromotionRule
 from training.sweep import TRIAL_TAG, Outcome, Ranking, Trial, failed, rank, swept_names
 from training.workers import Died, run_each
@@ -45,7 +44,7 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
     checks.before_training(base)
     import mlflow
 
-    from training import tracking
+    from training import notes, tracking
     from training.classifier import load_or_train
 
     checks.artifact_store()
@@ -70,7 +69,9 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
         mlflow.set_tags({"winner_trial": str(winner.trial.index), "training_run_id": winner.training_run_id,
                          "registered_model": job.model_name, "registered_version": version,
                          "promoted": str(promoted.decision.promote).lower()})
-    return SweepResult(parent_id, ranking, job.model_name, version, promoted)
+        done = SweepResult(parent_id, ranking, job.model_name, version, promoted)
+        notes.describe_sweep(done)
+    return done
 
 
 def run_trial(trial: Trial, base: TrainConfig, samples: int, parent_run_id: str,
@@ -107,8 +108,7 @@ def run_pipeline_trial(trial: Trial, base: TrainConfig, samples: int, pipeline_r
         return run_trial(trial, base, samples, plugin.task_run_id or plugin.parent_run_id, checkpoint_root,
                          classifier_dir)
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    parents = client.search_runs([experiment.experiment_id] if experiment else [],
+    parents = client.search_runs([mlflow_env.set_experiment().experiment_id],
                                  f"tags.kfp_run = '{pipeline_run}'")
     parents = [run for run in parents if "mlflow.parentRunId" not in run.data.tags]
     if not parents:

@@ -54,6 +54,7 @@ def test_an_experiment_without_a_kind_gets_it_and_one_of_another_kind_keeps_its_
     assert client.get_experiment(genai).tags[KIND_TAG] == "genai_development"
 
 
+@pytest.mark.slow  # five processes that each import MLflow: past the fast tier's 60 s on a loaded machine
 def test_the_experiment_the_user_names_is_the_one_used(tmp_path):
     client = _client(tmp_path)
     named = client.create_experiment("team-a")

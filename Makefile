@@ -58,11 +58,11 @@ lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks
 	$(BIN)/hadolint infra/docker/*Dockerfile infra/containers/*.Dockerfile
 
-# Every CPU benchmark (about 93 min on 2 AVX2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
-# BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving picks some (serving needs jobs' model
-# and the serving image, `make images`).
+# Every CPU benchmark (about 118 min on 2 AVX2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
+# BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving,promotion_noise picks some (serving
+# needs jobs' model and the serving image, `make images`; promotion_noise takes about 25 min).
 BENCH_DATA ?= $(or $(MNIST_GAN_TEST_DATA),https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
-BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving
+BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving,promotion_noise
 bench: install
 	. infra/containers/engine.sh && PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all --data "$(BENCH_DATA)" --only $(BENCH_PARTS)
 

@@ -8,6 +8,9 @@ START, END = "<!-- cpu-benchmarks:start (written by make bench) -->", "<!-- cpu-
 SEED_GOAL, SMALL_GOAL = 1.0, 2.0  # speedups over the seed loop asked for at presets seed and small
 OVERHEAD_GOAL_S = EVALUATION_GOAL_S = 60
 SERVING_GOAL = 1.2  # MLServer's p50 at most this many times mlflow models serve's
+# Promotion: wrong promotions of the near tie at most this many (of 20 seeds), the large gain always
+# promoted, and a head-to-head no dearer than one evaluation at the same N
+NEAR_TIE_WRONG_GOAL, HEAD_TO_HEAD_COST_GOAL = 1, 1.0
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -240,6 +243,52 @@ def serving(results: dict) -> str:
     return text
 
 
+def promotion_noise(results: dict) -> str:
+    """FID's spread over latent seeds, the rule's decisions against a large-N truth, and what it costs."""
+    g, c, cost = results["generators"], results["calibration"], results["cost"]
+    noise = _table(["N", "latent seeds", "FID mean", "FID std", "min - max"],
+                   [[f"{row['samples']:,}", row["seeds"], f"{row['fid']['mean']:.3f}",
+                     f"**{row['fid']['std']:.3f}**", f"{row['fid']['min']:.3f} - {row['fid']['max']:.3f}"]
+                    for row in results["noise"]])
+    pairs = c["pairs"]
+    calibration = _table(
+        ["pair", "challenger / champion", f"truth FID, challenger / champion (N = {c['truth_samples']:,})",
+         "truth gain (its bootstrap std)", f"gain at N = {c['samples']:,}: mean (std over seeds)",
+         "bootstrap std (mean)", "lower bound: mean (min - max)", "promoted", "wrong promotions"],
+        [[p["pair"], f"{p['challenger']} / {p['champion']}",
+          f"{p['truth_challenger_fid']:.3f} / {p['truth_champion_fid']:.3f}",
+          f"{p['truth_gain']:+.3f} ({p['truth_gain_std']:.3f})",
+          f"{p['gain']['mean']:+.3f} ({p['gain']['std']:.3f})", f"{p['bootstrap_std']['mean']:.3f}",
+          (f"{p['lower_bound']['mean']:+.3f} ({p['lower_bound']['min']:+.3f} - "
+           f"{p['lower_bound']['max']:+.3f})"),
+          f"**{p['promoted']} of {p['seeds']}**", f"{p['wrong']} of {p['seeds']}"] for p in pairs])
+    steps = (("head_to_head", "`head_to_head.score`: two generators, the bootstrap"),
+             ("evaluate", "`evaluation.evaluate`: one generator, every metric"),
+             ("bootstrap", f"the bootstrap alone ({cost['replicates']} replicates)"))
+    costs = _table([f"N = {cost['samples']:,}", "median s", f"each of {cost['rounds']} rounds, s"],
+                   [[what, f"**{cost[key + '_s']:.1f}**",
+                     " / ".join(f"{s:.1f}" for s in cost[key + "_s_rounds"])] for key, what in steps])
+    by_name = {p["pair"]: p for p in pairs}
+    tie, large = by_name["near tie"], by_name["large gain"]
+    ratio = cost["head_to_head_s"] / cost["evaluate_s"]
+    goals = [
+        (f"- near tie: at most {NEAR_TIE_WRONG_GOAL} wrong promotion in {tie['seeds']}, measured "
+         f"{tie['wrong']}: {_verdict(tie['wrong'] <= NEAR_TIE_WRONG_GOAL)}"),
+        (f"- large gain promoted {large['seeds']} of {large['seeds']}, measured {large['promoted']}: "
+         f"{_verdict(large['promoted'] == large['seeds'])}"),
+        (f"- a head-to-head costs no more than one evaluation at the same N: {cost['head_to_head_s']:.1f} s "
+         f"against {cost['evaluate_s']:.1f} s ({ratio:.2f}x): {_verdict(ratio <= HEAD_TO_HEAD_COST_GOAL)}")]
+    load, stages = results.get("load_average"), results.get("stages_s", {})
+    return (f"Generators: preset `cpu`, trained to {', '.join(f'{s:,}' for s in g['steps'])} steps (seed 0) "
+            f"and to {g['steps'][-1]:,} (seed 1). Noise: the generator of {g['noise']}.\n\n{noise}\n\n"
+            f"Calibration: `PromotionRule(min_fid_gain={c['min_fid_gain']:g}, "
+            f"confidence={c['confidence']:g})`, {c['replicates']} bootstrap replicates, one head-to-head per "
+            f"latent seed.\n\n{calibration}\n\n{costs}\n\n"
+            + ("Stages: " + ", ".join(f"{k} {v} s" for k, v in stages.items()) if stages else "")
+            + (f"; load average before / after {load['before'][0]:.1f} / {load['after'][0]:.1f}"
+               if load else "") + ".\n\nGoals:\n" + "\n".join(goals))
+
+
 def render(results: dict) -> str:
     m, seconds = results["machine"], results.get("seconds", {})
     parts = [START, "## 2 CPU cores: `make bench` (written by `benchmarks/run_all.py`)", "",
@@ -305,7 +354,24 @@ def render(results: dict) -> str:
                   "the same 2 cores. Every answer is checked for status 200 and n images of 28 x 28 (V2: one "
                   "UINT8 output of shape [n, 28, 28]). Command: `make bench "
                   "BENCH_PARTS=jobs,serving` (`benchmarks/serving_latency.py`). Each cell: `mlflow models "
-                  "serve` / MLServer.")))
+                  "serve` / MLServer.")),
+                ("promotion_noise", "### Promotion: noise, calibration and cost", promotion_noise,
+                 ("How far a generator's FID moves with the latents alone, whether promotion's rule "
+                  "(`training/promotion.py`: the challenger's FID gain over the champion, head to head on "
+                  "the same latents, must exceed `min_fid_gain` at the paired bootstrap's lower bound) "
+                  "promotes what a large evaluation says is better and only that, and what the "
+                  "head-to-head costs. Noise: FID of one generator (render, the evaluator's features, "
+                  "Fréchet distance to the test split's Gaussian) over latent seeds 0, 1, .... Calibration: "
+                  "three pairs whose truth is the FID of each generator on many more latents (the same for "
+                  "all) against the same test split: a near tie (two trainings of seeds 0 and 1, equally "
+                  "long: moments of one training 100 steps apart are no tie, the later better by about 3 "
+                  "times the noise of their paired gain), a small gain (one training, 100 steps later) and "
+                  "a large gain (a short and a long training). The near tie's challenger is the one the "
+                  "truth says is not better, so any promotion there is wrong. Each pair is scored by "
+                  "`head_to_head.score` on each latent seed and judged by `PromotionRule.decide`. Cost: "
+                  "a head-to-head (its reference cached, as in a promotion) against `evaluation.evaluate` "
+                  "at the same N, and the bootstrap alone; medians of rounds that take turns. Command: "
+                  "`make bench BENCH_PARTS=promotion_noise` (`benchmarks/promotion_noise.py`).")))
     for key, title, render_part, how in sections:
         if key in results:
             own = results.get("machines", {}).get(key, m)

@@ -5,7 +5,7 @@ so that none competes for the cores. Raw results go to docs/benchmarks-cpu.json;
 docs/BENCHMARKS.md between the `cpu-benchmarks` markers is rewritten from them (the rest is kept).
 
     python -m benchmarks.run_all --data ~/data/mnist.npz \
-        [--only throughput,data_parallel,sweep,presets,quality,ema_decay,jobs,serving]
+        [--only throughput,data_parallel,sweep,presets,quality,ema_decay,jobs,serving,promotion_noise]
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("throughput", "data_parallel", "sweep", "presets", "quality", "ema_decay", "jobs", "serving")
+PARTS = ("throughput", "data_parallel", "sweep", "presets", "quality", "ema_decay", "jobs", "serving",
+         "promotion_noise")
 # Quality per minute of each preset with its own recipe, and of the TF DCGAN tutorial's recipe
 PRESETS_COMPARED = ("cpu", "small", "tiny", "tutorial")
 # The average's decay compared where a run takes thousands of steps in minutes: preset tiny
@@ -155,6 +156,9 @@ def main() -> None:
         timed("serving", lambda: run_json("benchmarks.serving_latency", [
             "--tracking-uri", f"sqlite:///{(jobs_dir / 'mlflow.db').resolve()}",
             "--work", str(args.work)])[-1]["serving"])
+    if "promotion_noise" in parts:
+        timed("promotion_noise", lambda: run_json("benchmarks.promotion_noise",
+                                                  ["--data", data])[-1]["promotion_noise"])
 
     if machines:
         results["machine"] = most_common(machines)

@@ -147,3 +147,37 @@ def test_the_gpu_check_dry_run_passes_on_the_cpu(tmp_path, mnist_path):
     assert {row["precision"] for row in report["throughput"]} == {"float32", "mixed_bfloat16"}
     assert [row["devices"] for row in report["data_parallel"]] == [1, 2], "gpu_check.sh --cpu makes 2 devices"
     assert report["training"]["imported"]["mlflow"] is False and report["training"]["steps"] == 4
+
+
+def test_the_promotion_section_counts_wrong_promotions_and_judges_the_three_goals():
+    from benchmarks import report
+    from benchmarks.promotion_noise import tally
+
+    def pair(name, truth_gain, promotions):
+        promoted = [True] * promotions + [False] * (20 - promotions)
+        decisions = [{"promoted": p, "gain": truth_gain, "lower_bound": truth_gain - 0.3,
+                      "bootstrap_std": 0.2} for p in promoted]
+        return {"pair": name, "challenger": "seed 0, 4,200 steps", "champion": "seed 1, 4,200 steps",
+                "truth_challenger_fid": 15.9, "truth_champion_fid": 15.9 + truth_gain,
+                "truth_gain": truth_gain, "truth_gain_std": 0.1, **tally(truth_gain, decisions)}
+
+    def results(tie_promoted, large_promoted, head_to_head_s):
+        return {"generators": {"preset": "cpu", "steps": [500, 4100, 4200], "noise": "seed 0, 4,200 steps"},
+                "noise": [{"samples": 2000, "seeds": 20, "fid": {"mean": 16.5, "std": 0.3, "min": 16.0,
+                                                                  "max": 17.0}}],
+                "calibration": {"samples": 10_000, "truth_samples": 50_000, "confidence": 0.95,
+                                "replicates": 500, "min_fid_gain": 0.0, "pairs": [
+                                    pair("near tie", -0.1, tie_promoted), pair("small gain", 0.1, 15),
+                                    pair("large gain", 46.0, large_promoted)]},
+                "cost": {"samples": 10_000, "replicates": 500, "rounds": 1, "head_to_head_s": head_to_head_s,
+                         "evaluate_s": 12.0, "bootstrap_s": 4.0, "head_to_head_s_rounds": [head_to_head_s],
+                         "evaluate_s_rounds": [12.0], "bootstrap_s_rounds": [4.0]}}
+
+    section = report.promotion_noise(results(1, 20, 11.0))
+    assert "| near tie | seed 0, 4,200 steps / seed 1, 4,200 steps |" in section
+    assert "| **1 of 20** | 1 of 20 |" in section and "| **15 of 20** | 0 of 20 |" in section, \
+        "only a challenger the truth says is not better is promoted wrongly"
+    assert "measured 1: met" in section and "measured 20: met" in section and "(0.92x): met" in section
+    section = report.promotion_noise(results(2, 19, 13.0))
+    assert "measured 2: **missed**" in section and "measured 19: **missed**" in section
+    assert "(1.08x): **missed**" in section

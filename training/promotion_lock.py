@@ -93,7 +93,7 @@ def promotion_lock(client, name: str, timeout_s: float = 600):
         try:
             _release(client, lock, me)
         except MlflowException as err:  # the body's error is the one to see
-            _say(f"could not release {lock} after an error: {_why(err)}")
+            _say(f"could not release {lock} after an error: {_one_line(err)}")
         raise
     _release(client, lock, me)
 
@@ -118,7 +118,7 @@ def _break_if_stale(client, lock: str, description: str) -> str | None:
     try:
         touched = client.update_registered_model(lock, description=description)
     except MlflowException as err:
-        return None if err.error_code == GONE else f"touching it to read its age answered {_why(err)}"
+        return None if err.error_code == GONE else f"touching it to read its age answered {_one_line(err)}"
     age_s = (touched.last_updated_timestamp - touched.creation_timestamp) / 1000
     if age_s <= LOCK_STALE_S:
         return None
@@ -128,7 +128,7 @@ def _break_if_stale(client, lock: str, description: str) -> str | None:
         if err.error_code == GONE:
             return None
         return (f"it is {age_s:.0f} s old on the registry's clock (stale after {LOCK_STALE_S:g} s) and "
-                f"its delete answered {_why(err)}")
+                f"its delete answered {_one_line(err)}")
     _say(f"broke {lock}, held by {_who(touched)}: {age_s:.0f} s old on the registry's clock, stale after "
          f"{LOCK_STALE_S:g} s (left by a killed promotion)")
     return None
@@ -171,10 +171,10 @@ def _who(lock) -> str:
     return f"{lock.tags.get('holder', 'an unknown holder')} since {since}"
 
 
-def _why(err) -> str:
-    """An MlflowException in one line: its code and the first line of its message."""
-    message = str(err.message).strip().splitlines() or [""]
-    return f"{err.error_code}: {message[0][:300]}"
+def _one_line(err) -> str:
+    from training.registry import one_line  # MLflow imported only once a lock is taken
+
+    return one_line(err)
 
 
 def _say(line: str) -> None:

@@ -181,6 +181,12 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
+def one_line(err: MlflowException) -> str:
+    """An MlflowException in one line: its code and the first line of its message."""
+    message = str(err.message).strip().splitlines() or [""]
+    return f"{err.error_code}: {message[0][:300]}"
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     """The version `alias` points at; None only when the registry says the model or the alias does not
     exist. Any other answer (a server error, a refused request) is a RegistryError: an unreadable
@@ -190,9 +196,8 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
-        reason = str(err.message).strip().splitlines()[0] if str(err.message).strip() else err.error_code
         raise RegistryError(f"the registry did not say which version of {name} is '{alias}' "
-                            f"({err.error_code}: {reason}); nothing was changed") from None
+                            f"({one_line(err)}); nothing was changed") from None
     version = aliases.get(alias)
     return None if version is None else str(version)
 

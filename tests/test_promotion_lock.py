@@ -69,19 +69,34 @@ def holder_of(client, name: str) -> str | None:
     return models[0].tags.get("holder") if models else None
 
 
-def waits_then_times_out(client: CountingClient, name: str, timeout_s: float) -> RegistryError:
-    """Waits for a lock another holds, sleeping between tries, and raises at the deadline."""
+def slowest_call_s(client: MlflowClient, name: str) -> float:
+    """The slowest of three reads of the lock: the registry's pace now (a basic-auth server on a loaded
+    machine answers in seconds, not milliseconds)."""
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        client.get_registered_model(lock_name(name))
+        times.append(time.monotonic() - started)
+    return max(times)
+
+
+def waits_then_times_out(client: CountingClient, name: str, min_timeout_s: float) -> tuple[RegistryError, float]:
+    """Waits for a lock another holds, sleeping between tries, and raises at the deadline. The deadline
+    leaves room for three tries (four registry calls each) at the registry's measured pace; returns the
+    error and that deadline."""
+    call_s = slowest_call_s(client, name)
+    timeout_s = max(min_timeout_s, 3 * (4 * call_s + 0.5))
     client.reset()
     started = time.monotonic()
     with pytest.raises(RegistryError) as raised, promotion_lock(client, name, timeout_s=timeout_s):
         pytest.fail("entered a lock another holds")
     waited = time.monotonic() - started
     tries = client.calls["create"]
-    assert timeout_s <= waited < timeout_s + 5
+    assert timeout_s <= waited < timeout_s + 5 + 4 * call_s
     # between two tries it slept 0.2-0.5 s outside the registry's calls (a spinning waiter does not)
     assert tries >= 2 and waited - client.busy_s >= 0.2 * (tries - 1), (client.calls, waited, client.busy_s)
     assert client.calls["update"] == 1, "touched once: at most every TOUCH_EVERY_S, not every try"
-    return raised.value
+    return raised.value, timeout_s
 
 
 def test_a_stale_lock_is_broken_and_taken(registry, monkeypatch, capsys):
@@ -101,8 +116,8 @@ def test_a_stale_lock_is_broken_and_taken(registry, monkeypatch, capsys):
 def test_a_fresh_lock_is_waited_for_sleeping_between_tries_then_the_wait_times_out(registry, capsys):
     client, name = CountingClient(registry), "fresh"
     client.create_registered_model(lock_name(name), tags={"holder": "other", "since": str(time.time())})
-    error = waits_then_times_out(client, name, timeout_s=1.5)
-    assert str(error).startswith(f"gave up waiting for {name}.promotion-lock after 1.5 s: "
+    error, timeout_s = waits_then_times_out(client, name, min_timeout_s=1.5)
+    assert str(error).startswith(f"gave up waiting for {name}.promotion-lock after {timeout_s:g} s: "
                                  "held by other since ")
     assert "could not be broken" not in str(error)
     assert holder_of(client, name) == "other", "a fresh lock is not broken"
@@ -116,7 +131,7 @@ def test_staleness_is_judged_on_the_registrys_clock_not_the_holders(registry, ca
     client, name = CountingClient(registry), "skewed"
     # by its holder's clock (or a waiter's), this lock was taken in 1970; the registry made it just now
     client.create_registered_model(lock_name(name), tags={"holder": "other", "since": "0"})
-    waits_then_times_out(client, name, timeout_s=1)
+    waits_then_times_out(client, name, min_timeout_s=1)
     assert holder_of(client, name) == "other"
     assert "broke" not in capsys.readouterr().err
 
@@ -191,7 +206,7 @@ def test_a_stale_lock_of_another_user_is_waited_for_and_the_timeout_names_the_40
                                 ("EDIT", "stale after 0.5 s) and its delete answered PERMISSION_DENIED: ")):
         if permission != "READ":
             grant(auth_server, "bob", lock_name(name), permission)
-        error = waits_then_times_out(bob, name, timeout_s=3)
+        error, _ = waits_then_times_out(bob, name, min_timeout_s=3)
         assert refused in str(error) and "403" in str(error), error
         said = [line for line in capsys.readouterr().err.splitlines() if "cannot break" in line]
         assert len(said) == 1 and said[0].startswith(

@@ -268,8 +268,9 @@ def test_the_serving_image_serves_the_champion_as_kserve_does(stack, pipeline_ru
     """The pipeline's champion at the storageUri the deploy step sets, downloaded from S3 by KServe's
     storage initializer with the environment KServe gives it, served over V2 by the serving image as a
     non-root user from a read-only /mnt/models: the local pyfunc's digits for the same seeds, and for a
-    bad n, seed or z HTTP 400 with the one-line message `mlflow models serve` gives. Then the deploy step
-    against it, as KServe would report it Ready at its URL (the Kubernetes API is the stand-in of
+    bad n, seed or z HTTP 400 with the one-line message `mlflow models serve` gives. Then `mnist-gan deploy`
+    from the host, as a laptop outside the cluster runs it (the tracking server's bucket is out of its
+    reach), against it as KServe would report it Ready at its URL (the Kubernetes API is the stand-in of
     tests/support/kube_api.py): its answer checked against the champion's own digits, then recorded."""
     import numpy as np
     import pandas as pd
@@ -313,18 +314,18 @@ def test_the_serving_image_serves_the_champion_as_kserve_does(stack, pipeline_ru
             assert refused.value.message in error and "\n" not in error, (bad, error)
 
         from tests.support.kube_api import KubeApi, write_kubeconfig
-        from training import kserve
 
         api = KubeApi(url=url)
         with api.serve() as host:
             write_kubeconfig(tmp_path / "kubeconfig", host)
-            monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-            monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-            monkeypatch.setattr(kserve, "POLL_S", 0.05)
-            target = deploy.Target("mnist-gan", artifacts_destination=f"s3://{BUCKET}/mlflow")
-            deployed = deploy.deploy(MODEL_NAME, target, client)
-    assert deployed.checked == (f"its answer checked: the digits of version {champion.version} for "
-                                "seeds [0, 1]")
+            deployed = run_cli(["deploy", "--name", MODEL_NAME, "--inference-service", "mnist-gan",
+                                "--artifacts-destination", f"s3://{BUCKET}/mlflow"], tmp_path, timeout=600,
+                               MLFLOW_TRACKING_URI=stack.host_uri, KUBECONFIG=str(tmp_path / "kubeconfig"),
+                               MLFLOW_TRACKING_USERNAME=stack.admin[0],
+                               MLFLOW_TRACKING_PASSWORD=stack.admin[1])
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    assert (f"its answer checked: the digits of version {champion.version} for seeds [0, 1]"
+            in deployed.stdout), deployed.stdout
     served = client.get_model_version(MODEL_NAME, champion.version).tags[deploy.SERVING_TAG]
     assert served == "team-a/mnist-gan"
 

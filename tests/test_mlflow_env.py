@@ -113,3 +113,22 @@ def test_the_readmes_mlflow_run_commands_name_the_experiment():
     commands = [line for line in (ROOT / "README.md").read_text().splitlines() if "mlflow run ." in line]
     assert commands and all(f"mlflow run . --experiment-name {DEFAULT_EXPERIMENT}" in line
                             for line in commands), commands
+
+
+def test_the_cli_moves_tracked_files_through_the_tracking_server_unless_the_user_said(monkeypatch):
+    """MLflow's client reads the two variables; with them unset it would ask the server for presigned
+    URLs into a bucket a laptop cannot reach (tests/test_containers.py runs `mnist-gan deploy` from the
+    host against such a server)."""
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    from training import cli, mlflow_env
+
+    for name in mlflow_env.THROUGH_THE_SERVER:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setattr(cli, "_run", lambda *args: 0)  # the command itself is not the point
+    monkeypatch.setattr(cli.checks, "existing_store", lambda: None)
+    assert cli.main(["rollback", "--name", "m"]) == 0
+    repository = MlflowArtifactsRepository("mlflow-artifacts://127.0.0.1:9/a", tracking_uri="http://127.0.0.1:9")
+    assert not repository._is_multipart_download_enabled(), "no server asked: the variable decides"
+    assert repository._is_multipart_upload_enabled(), "the user's own setting stays"

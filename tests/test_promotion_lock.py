@@ -80,7 +80,8 @@ def slowest_call_s(client: MlflowClient, name: str) -> float:
     return max(times)
 
 
-def waits_then_times_out(client: CountingClient, name: str, min_timeout_s: float) -> tuple[RegistryError, float]:
+def waits_then_times_out(client: CountingClient, name: str,
+                         min_timeout_s: float) -> tuple[RegistryError, float]:
     """Waits for a lock another holds, sleeping between tries, and raises at the deadline. The deadline
     leaves room for three tries (four registry calls each) at the registry's measured pace; returns the
     error and that deadline."""

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from training import checks, console, summaries
+from training import checks, console, mlflow_env, summaries
 from training.checkpoint import CheckpointError, Preempted
 from training.config import MAX_SAMPLES, ConfigError, JobConfig, Param, TrainConfig, param, params
 from training.data import DataError
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     table = commands()
     args = build_parser(table).parse_args(argv)
     command = table[args.command]
+    mlflow_env.artifacts_through_the_server()
     with console.quiet(console.verbose_requested(args.verbose)):
         try:
             run = command.prepare(args)

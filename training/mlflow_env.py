@@ -21,6 +21,12 @@ KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 # view: the experiment on its runs, a run's page with its description first.
 TRAINING_VIEW = "workflowType=machine_learning"
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves unless told otherwise
+# MLflow 3.17's client asks a tracking server that serves artifacts from S3 for presigned URLs and then
+# reads and writes the bucket itself, at the address the server knows it by. The tracking stacks here keep
+# the bucket inside the cluster (or the compose network), out of a laptop's reach: there, such a download
+# retries for many minutes. Through the server, a file takes the server's auth and the one route.
+THROUGH_THE_SERVER = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+                      "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
 
 
 def set_experiment(run_id: str | None = None):
@@ -57,10 +63,18 @@ def set_experiment(run_id: str | None = None):
     return experiment
 
 
+def artifacts_through_the_server() -> None:
+    """This process moves tracked files through the tracking server, not straight to its bucket (a user's
+    own setting of THROUGH_THE_SERVER's variables wins). For entry points: it sets the environment."""
+    for name, value in THROUGH_THE_SERVER.items():
+        os.environ.setdefault(name, value)
+
+
 def without_credentials(uri: str) -> str:
     """The URI with any user:password@ taken out of its address, fit to print or to store."""
     parsed = urllib.parse.urlparse(uri)
-    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    port = f":{parsed.port}" if parsed.port else ""
+    return parsed._replace(netloc=(parsed.hostname or "") + port).geturl()
 
 
 def ui_route(experiment_id: str, run_id: str | None = None, artifact: str | None = None) -> str:

@@ -86,7 +86,10 @@ def main() -> None:
                                        *pipeline, "-p", "min_classes_covered=0",
                                        "--pipeline-root", str(work / "kfp")], work),
     ]
-    print(json.dumps({"pipeline_overhead": {"params": params, "jobs": rows}}), flush=True)
+    # recorded without this machine's folders: the data file by name, the scratch folder as such
+    shown = {**params, "checkpoint_dir": "<scratch>/checkpoints",
+             "data": Path(data).name if Path(args.data).is_file() else data}
+    print(json.dumps({"pipeline_overhead": {"params": shown, "jobs": rows}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,4 +70,6 @@ def configure(verbose: bool) -> None:
 
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's C++ notices: oneDNN, CPU features, grappler
-         "MLFLOW_LOGGING_LEVEL": "WARNING"}  # system-metrics start/stop, database set-up
+         "MLFLOW_LOGGING_LEVEL": "WARNING",  # system-metrics start/stop, database set-up
+         # "🏃 View run ... at:" after every run on a tracking server: our own lines link the training view
+         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}

@@ -162,16 +162,6 @@ def pipeline_user(stack):
 
 
 @pytest.fixture(scope="module")
-def host_classifier(mnist_path):
-    """The evaluator classifier in this machine's cache (trained there once), which the docker runner
-    mounts read-only into the containers: the pipeline's train-classifier task loads it."""
-    from training import classifier
-    from training.data import load_mnist
-
-    return classifier.load_or_train(load_mnist(str(mnist_path)))
-
-
-@pytest.fixture(scope="module")
 def pipeline_run(stack, pipeline_user, host_classifier, tmp_path_factory, mnist_path):
     """The whole pipeline in containers, as the pipeline's MLflow user; returns (user, pipeline root)."""
     work = tmp_path_factory.mktemp("pipeline")

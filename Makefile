@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 LOCKED := requirements/$(subst $(comma),-,$(EXTRAS)).txt
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test check lint lock mlproject clean serve services images image push bench
+.PHONY: install run test chaos check lint lock mlproject clean serve services images image push bench
 
 install: $(STAMP)
 
@@ -40,14 +40,22 @@ run: install
 # Every test, the container tests included: picks Docker or sets up podman, builds the images, runs pytest
 # on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup). One more worker than
 # the 2 cores CI has: each worker spends much of its time waiting on a server, a container or a process's
-# start-up.
+# start-up. In a new random order each run (pytest-randomly; it prints the seed, which
+# PYTEST_ARGS=--randomly-seed=N repeats; PYTEST_ARGS="-p no:randomly" keeps the files' order).
 TEST_WORKERS ?= 3
-PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -p randomly
+WITH_IMAGES = . infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
+	MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
+	MNIST_GAN_SERVING_IMAGE=$(SERVING_IMAGE) MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE)
 test: install
-	. infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
-		MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
-		MNIST_GAN_SERVING_IMAGE=$(SERVING_IMAGE) MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE) \
-		$(PYTEST) $(PYTEST_ARGS)
+	$(WITH_IMAGES) $(PYTEST) -m "not chaos" $(PYTEST_ARGS)
+
+# The chaos tier (tests/test_chaos.py, 40 min measured on 2 busy cores; CI runs it after `make test`): the
+# tracking stack's server, PostgreSQL and SeaweedFS killed during a job and a promotion, and two
+# pipelines at once on one registry. One worker: the scenarios share one stack and take turns, jobs
+# first (their versions are the promotions' challengers).
+chaos: install
+	$(WITH_IMAGES) PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 1 -p no:randomly -m chaos $(PYTEST_ARGS)
 
 # The fast tier, while you change the code: lint, then every test that starts no server, container or
 # training, each within 60 s (a slow test without its mark fails here instead of slowing the tier).

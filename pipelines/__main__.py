@@ -18,6 +18,7 @@ from training.flags import Parser, add_flag, add_serving_flags, add_sweep_flags,
 GPU_COUNT = Param("gpu_count", "int", 1, "GPUs of the training task; it trains data-parallel on all "
                   "of them (JAX image)", {"min": 1, "max": 64})
 PARALLELISM = Param("parallelism", "int", 4, "a sweep's trials that run at once", {"min": 1, "max": 1000})
+PIPELINE_SUFFIXES = (".yaml", ".yml")  # what KFP's compiler writes with Kubernetes settings
 
 
 def add_arguments(pipeline: argparse.ArgumentParser) -> None:
@@ -45,7 +46,8 @@ def add_arguments(pipeline: argparse.ArgumentParser) -> None:
     arguments.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                            help="pipeline parameter (repeatable), e.g. -p epochs=2")
     compile_ = actions.add_parser("compile", parents=[cluster], help="write the pipeline YAML")
-    compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
+    compile_.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"),
+                          help="the pipeline YAML to write (replaced whole if it exists)")
     local = actions.add_parser("run-local", parents=[arguments], help="run every task here (kfp.local)")
     add_sweep_flags(local, "--sweep")
     local.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"))
@@ -78,10 +80,6 @@ def prepare(args: argparse.Namespace):
     from training.config import TrainConfig
 
     settings = None
-    arguments = {} if args.action == "compile" else runner.check_arguments(
-        _pairs(args.param, "=", "each -p must be KEY=VALUE", empty_value=True))
-    sweeping = args.spec is not None or args.axes
-    trials = sweep.load(args.spec, args.axes, TrainConfig.pick(arguments)) if sweeping else None
     if args.action in ("compile", "submit"):
         selector = _pairs(args.gpu_node_selector, "=", "each --gpu-node-selector must be LABEL=VALUE")
         tolerations = ClusterSettings.gpu_tolerations if args.gpu_toleration is None else args.gpu_toleration
@@ -91,7 +89,16 @@ def prepare(args: argparse.Namespace):
                                    gpu_node_selector=tuple(selector.items()),
                                    checkpoint_pvc=args.checkpoint_pvc, sweep_parallelism=args.parallelism,
                                    serving=serving_target(args))
+    # The training task's devices: the GPUs it requests on a cluster, one under kfp.local (run_local).
+    devices = settings.gpu_count if settings else 1
+    given = {} if args.action == "compile" else _pairs(args.param, "=", "each -p must be KEY=VALUE",
+                                                        empty_value=True)
+    arguments = runner.check_arguments(given, devices)
+    base = TrainConfig.pick({**arguments, "devices": devices})  # what each trial's values go over
+    trials = sweep.load(args.spec, args.axes, base) if args.spec is not None or args.axes else None
     if args.action == "compile":
+        if args.output.suffix not in PIPELINE_SUFFIXES:
+            raise ConfigError(f"output must end in {' or '.join(PIPELINE_SUFFIXES)} (got {args.output})")
         return lambda: f"pipeline: wrote {runner.compile_pipeline(args.output, settings, trials)}"
     if args.action == "run-local":
         hosts = _pairs(args.add_host, ":", "each --add-host must be NAME:IP")

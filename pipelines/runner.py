@@ -16,25 +16,33 @@ def pipeline_parameters() -> dict:
     return {name: spec.default for name, spec in build().component_spec.inputs.items()}
 
 
-def check_arguments(arguments: dict[str, str]) -> dict:
+def check_arguments(arguments: dict[str, str], devices: int = 1) -> dict:
     """Parse and check pipeline arguments given as text exactly as the jobs will (TrainConfig and
-    JobConfig, together with the defaults), before anything is submitted; returns the typed values."""
+    JobConfig, together with the defaults), on the `devices` the training task gets (the GPUs it
+    requests), before anything is compiled or submitted; returns the typed values. So a combination the
+    training task would refuse on the cluster (a batch `devices` cannot share evenly) is refused here."""
     from training.config import JobConfig, TrainConfig, names
 
     unknown = sorted(set(arguments) - set(pipeline_parameters()))
     if unknown:
         raise ValueError(f"unknown pipeline parameter(s): {', '.join(unknown)}")
     typed = {}
-    for cls in (TrainConfig, JobConfig):
-        config = cls.from_text({k: v for k, v in arguments.items() if k in names(cls)})
+    for cls, extra in ((TrainConfig, {"devices": devices}), (JobConfig, {})):
+        config = cls.from_text({k: v for k, v in arguments.items() if k in names(cls)} | extra)
         typed.update({k: v for k, v in config.to_dict().items() if k in arguments})
     return typed
 
 
 def compile_pipeline(output: Path, settings: ClusterSettings, trials: list | None = None) -> Path:
-    """The pipeline YAML, a sweep's when `trials` (training/sweep.py) are given."""
+    """The pipeline YAML, a sweep's when `trials` (training/sweep.py) are given: written beside `output`,
+    then put in its place whole (a reader never sees half of one)."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_to(str(output), settings, trials)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    try:
+        compile_to(str(partial), settings, trials)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     return output
 
 

@@ -1,7 +1,9 @@
-"""Shared fixtures: the real MNIST, a scratch working directory, and the CLI as a subprocess."""
+"""Shared fixtures: the real MNIST, a scratch working directory, the CLI as a subprocess, and the check that
+each test leaves the process as it found it (tests/support/process_state.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import process_state
 from training.config import DEFAULT_DATA_URL
 from training.data import CACHE_DIR, DataError, load_mnist
 
@@ -57,6 +60,61 @@ def pytest_configure(config):
         raise pytest.UsageError(str(err)) from None
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After a failed run in random order, the seed that repeats the order (pytest-randomly says it only in
+    the header, which -q, as `make test` runs, leaves out)."""
+    seed = config.getoption("randomly_seed", None)
+    randomized = isinstance(seed, int) and config.pluginmanager.hasplugin("randomly")
+    if randomized and exitstatus != pytest.ExitCode.OK:
+        terminalreporter.write_line(f"tests ran in random order: --randomly-seed={seed} repeats it")
+
+
+_between_tests: dict[str, object] = {}  # the process's state after the last test's check
+
+
+def pytest_sessionstart(session):
+    _between_tests.update(process_state.snapshot())
+
+
+@pytest.fixture(autouse=True)
+def _process_left_as_found():
+    """Fail a test that leaves the working directory, the environment, MLflow's tracking or registry URI,
+    active experiment or active run, or Keras's global settings changed, naming what, and put them back:
+    one test's leftovers change what the tests after it do, in an order each run draws anew
+    (pytest-randomly). A fixture of wider scope (module, session) that changes them fails the first test
+    it is set up for. Change them with monkeypatch, or MLflow's with process_state.tracking_to."""
+    before = process_state.snapshot()
+    if changed := process_state.changes(_between_tests, before):
+        process_state.restore(_between_tests)
+        pytest.fail("a fixture of wider scope than this test (module, session) left process-wide state "
+                    f"changed, now put back: {'; '.join(changed)}", pytrace=False)
+    yield
+    after = process_state.snapshot()
+    if changed := process_state.changes(before, after):
+        process_state.restore(before)
+        pytest.fail(f"the test left process-wide state changed, now put back: {'; '.join(changed)}",
+                    pytrace=False)
+    _between_tests.clear()
+    _between_tests.update(after)
+
+
+@pytest.fixture
+def kept_environment():
+    """For a test that runs an entry point in this process (training.cli.main), which sets up the
+    environment as its process's own: the environment as it was, after the test."""
+    with process_state.environment_kept():
+        yield
+
+
+@pytest.fixture
+def tracking_to():
+    """`tracking_to(uri)`: this process's MLflow tracks to `uri` until the test ends, then MLflow's
+    settings are what they were (process_state.tracking_to)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda uri: stack.enter_context(process_state.tracking_to(uri))
+
+
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
     return Path(os.environ[TEST_DATA])
@@ -79,12 +137,19 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> 
 
 
 @pytest.fixture(scope="session")
+def host_classifier(mnist_path):
+    """The evaluator classifier in this machine's cache (trained there once), which the docker runner
+    mounts read-only into the containers: the pipeline's train-classifier task loads it."""
+    from training import classifier
+    from training.data import load_mnist
+
+    return classifier.load_or_train(load_mnist(str(mnist_path)))
+
+
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory, mnist_path):
     """One tracking database with a trained and a collapsed generator, each evaluated
     (tests/support/two_generators.py)."""
-    import mlflow
-
     from tests.support.two_generators import open_lab
 
-    yield open_lab(tmp_path_factory.mktemp("lab"), mnist_path)
-    mlflow.set_tracking_uri(None)
+    return open_lab(tmp_path_factory.mktemp("lab"), mnist_path)

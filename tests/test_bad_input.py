@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pipelines.runner import pipeline_parameters
 from tests.conftest import ROOT
+from tests.support.process_state import environment_kept
 from training import cli
 from training.config import JobConfig, Param, TrainConfig, param, params
 
@@ -63,6 +64,8 @@ def _bad_values(p: Param, typed: bool = True) -> st.SearchStrategy[str]:
         return st.text(min_size=1, max_size=10).filter(lambda t: t not in meta["choices"] and t.strip() == t)
     if p.type == "bool":
         return st.sampled_from(["maybe", "2", "ja", "truee", "-1"])
+    if meta.get("registered_model_name"):  # what MLflow's registry would refuse at register
+        return st.sampled_from(["", " ", "team/gan", "gan:v2", ".", "..", "..gan", "g" * 300])
     if p.type == "str":
         return st.just("")
     low = meta.get("min", meta.get("ge", meta.get("gt")))
@@ -73,7 +76,8 @@ def _bad_values(p: Param, typed: bool = True) -> st.SearchStrategy[str]:
 
 def _exit_and_line(argv: list[str], capsys) -> tuple[int, str]:
     try:
-        code = cli.main(argv)
+        with environment_kept():  # cli.main sets up the environment as its process's own
+            code = cli.main(argv)
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
@@ -110,16 +114,18 @@ def test_every_training_flag_refuses_every_bad_value(command, field, data, capsy
 
 JOB_FLAGS = [("main", "samples"), ("evaluate", "samples"), ("promote", "min_fid_gain"),
              ("promote", "max_classes_lost"), ("main", "max_classes_lost"), ("main", "model_name"),
-             ("promote", "model_name")]
+             ("promote", "model_name"), ("promote", "to_name"), ("register", "model_name"),
+             ("sweep", "model_name")]
 
 
 @pytest.mark.parametrize(("command", "name"), JOB_FLAGS, ids=[f"{c}-{n}" for c, n in JOB_FLAGS])
 @EXAMPLES
 @given(data=st.data())
 def test_every_job_flag_refuses_every_bad_value(command, name, data, capsys):
-    value = data.draw(_bad_values(param(JobConfig, name)))
+    value = data.draw(_bad_values(cli.TO_NAME if name == "to_name" else param(JobConfig, name)))
     required = {"main": ["--data", NO_DATA], "evaluate": ["--generator", "g.keras", "--data", NO_DATA],
-                "promote": []}[command]
+                "promote": [], "register": ["--training-run-id", "r1", "--evaluation-run-id", "r2"],
+                "sweep": ["--data", NO_DATA, "-s", "seed=0,1"]}[command]
     _assert_refused([command, *required, f"--{name.replace('_', '-')}={value}"], name, capsys)
 
 

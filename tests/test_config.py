@@ -8,7 +8,16 @@ import dataclasses
 import pytest
 
 from tests.conftest import ROOT
-from training.config import PRESET_RECIPES, ConfigError, JobConfig, TrainConfig, param, params, parse
+from training.config import (
+    MODEL_NAME_MAX,
+    PRESET_RECIPES,
+    ConfigError,
+    JobConfig,
+    TrainConfig,
+    param,
+    params,
+    parse,
+)
 from training.flags import add_flag
 
 BAD_VALUES = [
@@ -90,6 +99,39 @@ def test_a_checkpoint_from_before_the_average_resumes_only_without_it():
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown parameter"):
         TrainConfig.from_dict({"epochs": 1, "learning_rte": 0.1})
+
+
+# What MLflow's registry refuses at `register`, after training, and what it takes.
+REFUSED_MODEL_NAMES = ["team/gan", "gan:v2", " ", ".", "..", "..gan", "/gan"]
+ACCEPTED_MODEL_NAMES = ["mnist-gan-generator", "my gan", ".gan", "gan..v2", "gan.", "Generator_2"]
+
+
+def test_a_model_name_is_refused_up_front_exactly_when_mlflows_registry_would_refuse_it(tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training.promotion_lock import lock_name
+
+    registry = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in REFUSED_MODEL_NAMES:
+        with pytest.raises(ConfigError, match="model_name must"):
+            JobConfig(model_name=name)
+        with pytest.raises(MlflowException):
+            registry.create_registered_model(name)
+    for name in ACCEPTED_MODEL_NAMES:
+        JobConfig(model_name=name)
+        registry.create_registered_model(name)
+        registry.create_registered_model(lock_name(name))  # promotions lock it by this name
+
+
+def test_a_model_name_leaves_room_for_its_promotion_lock_in_the_registrys_256_characters():
+    from training.promotion_lock import lock_name
+
+    longest = "g" * MODEL_NAME_MAX
+    assert len(lock_name(JobConfig(model_name=longest).model_name)) == 256
+    with pytest.raises(ConfigError, match=f"model_name must be a registered model name of at most "
+                                          f"{MODEL_NAME_MAX} characters"):
+        JobConfig(model_name=longest + "g")
 
 
 # ---- one file to add a parameter: every entry point derives it from the config or fails naming it ----

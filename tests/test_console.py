@@ -70,7 +70,7 @@ def test_the_main_summary_says_whether_champion_moved_and_why():
     from training.promotion import Decision
     from training.summaries import summary_lines
 
-    evaluation = SimpleNamespace(metrics={"fid": 34.87}, reference={"fid": 0.77}, samples=[0] * 10_000)
+    evaluation = SimpleNamespace(metrics={"fid": 34.87}, reference={"fid": 0.77}, n=10_000)
     evaluated = SimpleNamespace(evaluation=evaluation, run_id="e1", link="http://mlflow/e1")
 
     def summary(decision: Decision) -> list[str]:

@@ -202,6 +202,82 @@ def test_url_whose_digest_differs_from_the_published_one_is_refused(http_server,
     assert list(cache.iterdir()) == [], "the rejected download was removed from the cache"
 
 
+class FlakyServer:
+    """A real HTTP server on 127.0.0.1 whose /mnist.npz answers as `answer` says: "garbage" (200 and
+    random bytes), "error" (500), "cut" (200, the real file's length announced, half of it sent) or
+    "real" (the real MNIST). `asked` counts the requests."""
+
+    def __init__(self, real: bytes):
+        self.real, self.answer, self.asked = real, "real", 0
+
+    def respond(self, handler) -> None:
+        self.asked += 1
+        if self.answer == "error":
+            handler.send_error(500)
+            return
+        body = np.random.default_rng(self.asked).bytes(50_000) if self.answer == "garbage" else self.real
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[: len(body) // 2] if self.answer == "cut" else body)
+
+
+@pytest.fixture
+def flaky_server(mnist_path):
+    import http.server
+    import threading
+
+    flaky = FlakyServer(mnist_path.read_bytes())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            flaky.respond(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    flaky.url = f"http://127.0.0.1:{server.server_address[1]}/mnist.npz"
+    yield flaky
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_failed_or_invalid_download_leaves_nothing_in_the_cache(flaky_server, tmp_path, monkeypatch,
+                                                                  real_sha256):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("training.data.CACHE_DIR", cache)
+    for answer, problem in [("garbage", "not a readable .npz file"), ("error", "download failed .*500"),
+                            ("cut", "download failed|not a readable .npz file")]:
+        flaky_server.answer = answer
+        load_mnist.cache_clear()  # each load as a new process makes it
+        with pytest.raises(DataError, match=f"{flaky_server.url}: ({problem})"):
+            load_mnist(flaky_server.url)
+        assert list(cache.iterdir()) == [], f"a {answer} answer left {list(cache.iterdir())}"
+    flaky_server.answer = "real"
+    load_mnist.cache_clear()
+    assert load_mnist(flaky_server.url).sha256 == real_sha256, "the server, fixed, is asked again"
+    assert flaky_server.asked == 4 and len(list(cache.iterdir())) == 1
+
+
+def test_a_cached_copy_that_fails_its_check_is_discarded_and_downloaded_again(flaky_server, tmp_path,
+                                                                             monkeypatch, real_sha256,
+                                                                             capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("training.data.CACHE_DIR", cache)
+    (cached,) = [load_mnist(flaky_server.url).path]
+    cached.write_bytes(cached.read_bytes()[:1000])  # a disk fault, or a bad answer an older version cached
+    load_mnist.cache_clear()
+    capsys.readouterr()
+    assert load_mnist(flaky_server.url).sha256 == real_sha256 and file_sha256(cached) == real_sha256
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and "not a readable .npz file" in said[0], said
+    assert f"discarded the cached copy {cached}, downloading it again" in said[0]
+    assert flaky_server.asked == 2 and list(cache.iterdir()) == [cached]
+
+
 def test_data_download_writes_a_checked_local_copy_and_never_overwrites(http_server, tmp_path, real_sha256):
     from tests.conftest import run_cli
 

@@ -83,7 +83,7 @@ def test_a_run_on_two_devices_resumes_on_one(tmp_path, mnist_path):
     assert (two["device"], one["device"]) == ("2 x cpu", "cpu")
 
 
-def test_a_batch_the_devices_cannot_share_is_refused(capsys):
+def test_a_batch_the_devices_cannot_share_is_refused(capsys, kept_environment):
     code = cli.main(["train", "--devices", "3", "--batch-size", "8", "--data", "/nonexistent/mnist.npz"])
     assert code == 2
     assert "batch_size must be a multiple of devices=3 (got 8)" in capsys.readouterr().err

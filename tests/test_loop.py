@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import QUICK, cli_env, run_cli
+from tests.support.corruption import corruptions
+from tests.support.process_state import tracking_to
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import to_unit_range
@@ -26,7 +33,8 @@ def _final_arrays(directory):
     directory = checkpoint.latest_run_dir(directory)
     manifest = checkpoint.latest_manifest(directory)
     with np.load(directory / manifest["arrays"]) as npz:
-        return manifest, [npz[k] for k in sorted(npz.files)]
+        # the state; not the digest of the manifest, whose run id and timings differ between runs
+        return manifest, [npz[k] for k in sorted(npz.files) if k != checkpoint.MANIFEST_DIGEST]
 
 
 def _train(tmp_path, mnist_path, *flags):
@@ -88,11 +96,8 @@ def test_the_fid_curve_keeps_the_best_generator_and_resume_keeps_the_best_so_far
         a.path for a in client.list_artifacts(straight_run, "models")}
     assert {"fid_curve.png", "models/generator.keras", "models/generator_ema.keras",
             "models/generator_best.keras"} <= logged
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
+    with tracking_to(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         assert generator_path(f"runs:/{straight_run}").name == "generator_best.keras"
-    finally:
-        mlflow.set_tracking_uri(None)
     best_dir = checkpoint.latest_run_dir(tmp_path / "straight") / BEST
     best = checkpoint.latest_manifest(best_dir)
     assert (best["epoch"], best["fid"]) == (best_epoch, min(fids))
@@ -202,6 +207,98 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mn
     arrays.write_bytes(arrays.read_bytes()[:1000])
     _, manifest = checkpoint.load_latest(tmp_path / "ckpt", _template(config))
     assert manifest["global_step"] == latest["global_step"] - 2
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_in_one_line_and_refuses_when_none_is_intact(
+        tmp_path, mnist_path):
+    """The job as a user runs it: a truncated newest manifest is skipped, said so, and training goes on
+    from the previous checkpoint; with that one damaged too, exit 2 in one line, never a traceback. A
+    journal line that is not an item is set aside, not in the way."""
+    _train(tmp_path, mnist_path, "--epochs", "2", "--checkpoint-dir", "ckpt")  # checkpoints at steps 4, 8
+    run_dir = checkpoint.latest_run_dir(tmp_path / "ckpt")
+    newest, previous = run_dir / "ckpt-000000008.json", run_dir / "ckpt-000000004.npz"
+    newest.write_bytes(newest.read_bytes()[:100])  # a cut write: not JSON
+    intact = previous.read_bytes()
+    previous.write_bytes(intact[:-10])
+
+    refused = run_cli(["train", "--data", str(mnist_path), *QUICK, "--epochs", "3",
+                       "--checkpoint-dir", "ckpt", "--resume"], tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    last_line = refused.stderr.strip().splitlines()[-1]
+    shown = run_dir.relative_to(tmp_path)  # as the user named it: --checkpoint-dir ckpt
+    assert last_line.startswith(f"mnist-gan train: error: no intact checkpoint in {shown} ("), last_line
+    assert "ckpt-000000008.json: unreadable manifest" in last_line and "ckpt-000000004.json: " in last_line
+
+    previous.write_bytes(intact)
+    (run_dir / "tracking-journal.jsonl").write_bytes(b"\x00 not a journal line\n")
+    resumed = _train(tmp_path, mnist_path, "--epochs", "3", "--checkpoint-dir", "ckpt", "--resume")
+    assert (f"checkpoint: {shown}: skipped ckpt-000000008.json: unreadable manifest (JSONDecodeError); "
+            "using ckpt-000000004.json instead") in resumed.stdout.splitlines(), resumed.stdout
+    assert "tracking: set aside 1 item(s)" in resumed.stdout
+    manifest = checkpoint.latest_manifest(run_dir)
+    assert manifest["global_step"] == 12
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(manifest["run_id"], "d_loss")] == [2, 4, 6, 8, 10, 12]
+
+
+RESTORED = (4, 8)  # the steps of the checkpoints (and the best points) restore() chooses from
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A run folder as the loop leaves it, without training: two checkpoints and two best points."""
+    from training.loop import _RunState
+
+    directory = tmp_path_factory.mktemp("resumable")
+    config = _quick_config(directory, resume=True)
+    run = _RunState(config, directory, 256, _tiny_state(0))
+    for step in RESTORED:
+        run.global_step, run.history = step, {"d_loss": [(step, 0.5)]}
+        checkpoint.save(directory / BEST, {"g": np.full(3, step, np.float32)},
+                        {"step": step, "epoch": step // 4, "fid": 100.0 - step, "global_step": step})
+        run.save(_tiny_state(step), step // 4, 0, "run-1")
+    return config, directory
+
+
+def _tiny_state(step: int) -> dict:
+    return {"d": np.full((2, 2), step, np.float32), "g": np.full(3, step, np.float32)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["ckpt-000000008.json", "ckpt-000000008.npz", f"{BEST}/ckpt-000000008.json",
+                               f"{BEST}/ckpt-000000008.npz"]),
+       corruption=corruptions(), also_previous=st.booleans())
+def test_restore_falls_back_from_any_damaged_file_or_refuses_in_one_line(resumable, capsys, target,
+                                                                         corruption, also_previous):
+    """Whatever happens to the newest checkpoint's or best point's files (and, in some examples, to the
+    previous one's too): restore() uses what is intact, says in one line what it skipped, or raises a
+    one-line CheckpointError; never another exception."""
+    from training.loop import _RunState
+
+    config, written = resumable
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(shutil.copytree(written, Path(scratch) / "run"))
+        damaged = [directory / target] + [directory / target.replace("08", "04")] * also_previous
+        for path in damaged:
+            path.write_bytes(corruption.apply(path.read_bytes()))
+        run = _RunState(config, directory, 256, _tiny_state(0))
+        capsys.readouterr()
+        try:
+            run.restore(directory)
+        except checkpoint.CheckpointError as refused:
+            assert also_previous and "\n" not in str(refused), refused
+            assert "no intact checkpoint" in str(refused)
+            return
+        said = capsys.readouterr().out.splitlines()
+    chosen = run.best["global_step"] if target.startswith(BEST) else run.global_step
+    other = run.global_step if target.startswith(BEST) else run.best["global_step"]
+    assert other == RESTORED[1], "an intact file is used as it is"
+    assert chosen in RESTORED and len(said) == (chosen == RESTORED[0]), said
+    if chosen == RESTORED[0]:
+        assert "skipped ckpt-000000008." in said[0] and said[0].endswith("using ckpt-000000004.json instead")
+    np.testing.assert_array_equal(np.asarray(run.state["g"]), _tiny_state(run.global_step)["g"])
+    assert run.best["fid"] == 100.0 - run.best["global_step"]
 
 
 def _real_images(mnist_path, count: int) -> np.ndarray:

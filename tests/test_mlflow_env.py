@@ -115,7 +115,8 @@ def test_the_readmes_mlflow_run_commands_name_the_experiment():
                             for line in commands), commands
 
 
-def test_the_cli_moves_tracked_files_through_the_tracking_server_unless_the_user_said(monkeypatch):
+def test_the_cli_moves_tracked_files_through_the_tracking_server_unless_the_user_said(monkeypatch,
+                                                                                  kept_environment):
     """MLflow's client reads the two variables; with them unset it would ask the server for presigned
     URLs into a bucket a laptop cannot reach (tests/test_containers.py runs `mnist-gan deploy` from the
     host against such a server)."""

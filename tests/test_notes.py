@@ -37,7 +37,7 @@ def head_to_head(fid: float, champion_fid: float, lower: float):
 def main_result(decision: Decision, promote_run: str | None = "p9") -> SimpleNamespace:
     metrics = {"fid": 32.68, "kid": 0.021, "classes_covered": 10.0, "precision": 0.71, "recall": 0.52}
     real = {"fid": 0.65, "kid": 0.0, "classes_covered": 10.0, "precision": 0.86, "recall": 0.9}
-    evaluation = SimpleNamespace(metrics=metrics, reference=real, samples=[0] * 10_000)
+    evaluation = SimpleNamespace(metrics=metrics, reference=real, n=10_000)
     return SimpleNamespace(trained=SimpleNamespace(run_id="t1"), version=decision.challenger,
                            evaluated=SimpleNamespace(run_id="e1", evaluation=evaluation),
                            promoted=SimpleNamespace(name="m", decision=decision, run_id=promote_run))

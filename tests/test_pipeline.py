@@ -233,6 +233,41 @@ def test_submit_refuses_bad_parameters_before_calling(tmp_path, flags, message):
     assert result.returncode == 2 and message in result.stderr and not api.requests
 
 
+# What a task would refuse on the cluster, after minutes or in every retry: the training task, a batch the
+# GPUs of --gpu-count cannot share evenly (each trains with devices=gpu_count); the register task, a
+# name MLflow's registry refuses. The CLI refuses the same up front; so must compile, submit, run-local.
+REFUSED_ON_THE_CLUSTER = [
+    (["compile", "--gpu-count", "3"], "batch_size must be a multiple of devices=3 (got 128)"),
+    (["submit", "--gpu-count", "3"], "batch_size must be a multiple of devices=3 (got 128)"),
+    (["submit", "--gpu-count", "4", "-p", "batch_size=66"],
+     "batch_size must be a multiple of devices=4 (got 66)"),
+    (["submit", "--gpu-count", "2", "--sweep", "{batch_size: [64, 33]}"],
+     "trial 2: batch_size must be a multiple of devices=2 (got 33)"),
+    (["compile", "--gpu-count", "4", "-s", "batch_size=64,66"],
+     "trial 2: batch_size must be a multiple of devices=4 (got 66)"),
+    (["submit", "-p", "model_name=team/gan"],
+     "model_name must be a registered model name, without '/' or ':' (got 'team/gan')"),
+    (["run-local", "-p", "model_name=..gan"],
+     "model_name must be a registered model name, not '.' or starting with '..' (got '..gan')"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), REFUSED_ON_THE_CLUSTER,
+                         ids=[" ".join(f) for f, _ in REFUSED_ON_THE_CLUSTER])
+def test_what_a_task_would_refuse_is_refused_before_compiling_submitting_or_running(tmp_path, flags, message):
+    action, *rest = flags
+    api = KfpApi()
+    with api.serve() as host:
+        where = {"compile": ["-o", "p.yaml"], "submit": ["--host", host],
+                 "run-local": ["--pipeline-root", "kfp"]}[action]
+        result = run_cli(["pipeline", action, *where, *rest], tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"mnist-gan pipeline: error: {message}"), line
+    assert not api.requests, "the cluster was not contacted"
+    assert not list(tmp_path.iterdir()), "nothing compiled, run or tracked"
+
+
 def test_submit_to_an_unreachable_host_fails_clearly(tmp_path):
     from infra.local_stack import free_port
 

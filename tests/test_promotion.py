@@ -140,7 +140,7 @@ def test_promotion_refuses_a_worse_challenger_accepts_a_better_one_and_rolls_bac
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("lab")
-def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab, tmp_path):
+def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab, tmp_path, tracking_to):
     """After `rollback` (v2 -> v1), a plain promote (the challenger is still v2), and the pipeline's
     promote task given v2, refuse it naming the rollback; `promote --version 2` re-promotes it (the
     rule still applies) and records that it did."""
@@ -160,9 +160,7 @@ def test_a_rolled_back_version_is_promoted_again_only_by_a_person_naming_it(lab,
     refused = version_tags(lab, name, "2")
     assert "was rolled back" in refused["promotion.reason"]
     assert "promotion.fid_gain" not in refused, "the earlier head-to-head's scores are not this decision's"
-    import mlflow
-
-    mlflow.set_tracking_uri(lab.uri)
+    tracking_to(lab.uri)
     parent = lab.client.create_run(lab.client.get_run(lab.trained_eval).info.experiment_id).info.run_id
     task = gan.promote.python_func(parent_run_id=parent, model_name=name, version="2", samples=int(SAMPLES),
                                    **PIPELINE_RULE, **pipeline_inputs(lab, tmp_path))
@@ -194,7 +192,7 @@ COLLAPSED_REFUSED = "1 digit classes covered, needs 10 to be promoted at all (mi
 @pytest.mark.slow
 @pytest.mark.xdist_group("lab")
 @pytest.mark.parametrize("with_champion", [False, True], ids=["no champion", "a champion"])
-def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion, tmp_path):
+def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion, tmp_path, tracking_to):
     """`min_classes_covered` is part of the one promotion rule every path asks: `mnist-gan promote`, the
     end of `main` and of a sweep (`jobs.register_and_promote`, the very call both make after training),
     and the pipeline's `evaluation-gate` and `promote` tasks (their component functions, run here in
@@ -224,7 +222,7 @@ def test_no_path_makes_the_collapsed_generator_champion(lab, with_champion, tmp_
     assert len(said) == 1 and COLLAPSED_REFUSED in said[0], said
     assert champion_stays(name)
 
-    mlflow.set_tracking_uri(lab.uri)
+    tracking_to(lab.uri)
     with mlflow.start_run(experiment_id=mlflow.set_experiment("mnist-gan").experiment_id) as parent:
         name = model("main-and-sweep")
         _, promoted = jobs.register_and_promote(lab.collapsed_run, lab.collapsed_eval,

@@ -50,7 +50,8 @@ def _history(client, run_id: str, key: str = "d_loss") -> list[tuple[int, float]
 def _arrays(run_dir: Path) -> list[np.ndarray]:
     manifest = checkpoint.latest_manifest(run_dir)
     with np.load(run_dir / manifest["arrays"]) as npz:
-        return [npz[k] for k in sorted(npz.files)]
+        # the state; not the digest of the manifest, whose run id and timings differ between runs
+        return [npz[k] for k in sorted(npz.files) if k != checkpoint.MANIFEST_DIGEST]
 
 
 def _logged_past_checkpoint(client, root: Path):

@@ -4,6 +4,8 @@ whole sweeps under `mlflow run -e sweep` and under kfp.local, each with one tria
 from __future__ import annotations
 
 import csv
+import fcntl
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, cli_env, run_cli
+from tests.support.process_state import tracking_to
 from tests.support.worker_calls import square_or_die
 from training import classifier, sweep, workers
 from training.config import ConfigError, TrainConfig
@@ -41,8 +44,15 @@ def mnist_less_one(tmp_path_factory, mnist_path) -> Path:
     np.savez(path, **arrays)
     full = classifier.load_or_train(load_mnist(str(mnist_path)))
     entry = classifier.EVALUATOR_CACHE / classifier.cache_key(file_sha256(path))
-    if not (entry / "meta.json").is_file():  # saved by an earlier run, or by another test worker
-        classifier.save(full, entry)
+    # The cache is this machine's, shared with every other test run and job on it: written under the lock
+    # its readers take (training/classifier.py), never while another process writes or reads it half-made.
+    lock = os.open(entry.with_name(f"{entry.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (entry / "meta.json").is_file():  # saved by an earlier run, or by another test worker
+            classifier.save(full, entry)
+    finally:
+        os.close(lock)
     return path
 
 
@@ -152,10 +162,8 @@ def own_tracking_store(tmp_path, monkeypatch):
     """This test's sqlite store as the process's tracking URI, the previous one restored after; run from
     tmp_path, where the store's default artifact root (./mlruns) then lies, not the checkout."""
     monkeypatch.chdir(tmp_path)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield
-    mlflow.set_tracking_uri(previous)
+    with tracking_to(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        yield
 
 
 def test_a_trial_without_an_outcome_is_ranked_from_what_mlflow_recorded(own_tracking_store):

@@ -11,10 +11,10 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from training import checkpoint, mlflow_env
+from training import checkpoint, checkpoint_lock, mlflow_env
 from training.config import ConfigError, TrainConfig
-from training.data import check_readable
-from training.mlflow_env import without_credentials
+from training.data import load_mnist
+from training.redaction import redacted
 
 SQLITE = "sqlite:///"
 DEFAULT_TRACKING_URI = f"{SQLITE}mlflow.db"  # MLflow's, where neither MLFLOW_TRACKING_URI nor ./mlruns is set
@@ -22,20 +22,22 @@ DEFAULT_TRACKING_URI = f"{SQLITE}mlflow.db"  # MLflow's, where neither MLFLOW_TR
 
 @functools.cache
 def before_training(config: TrainConfig) -> None:
-    """Several devices only on JAX and only as many as it sees, readable data, and when resuming, a
-    checkpoint trained with the same parameters."""
+    """Several devices only on JAX and only as many as it sees, the data (loaded and validated before any
+    run starts; the jobs reuse what was loaded), and when resuming, a checkpoint trained with the same
+    parameters that no other process is training."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if config.devices > 1 and backend != "jax":
         raise ConfigError(f"devices={config.devices} needs the JAX backend (KERAS_BACKEND=jax); "
                           f"KERAS_BACKEND={backend} trains on one device")
     if config.devices > 1:
         local_devices(config.devices)
-    check_readable(config.data)
+    load_mnist(config.data)
     if not config.resume:
         return
     run_dir = checkpoint.latest_run_dir(Path(config.checkpoint_dir))
     if run_dir is None:
         raise ConfigError(f"resume: no checkpoint under checkpoint_dir={config.checkpoint_dir}")
+    checkpoint_lock.check_free(run_dir)
     try:
         previous = checkpoint.latest_manifest(run_dir)["config"]
     except (ValueError, KeyError):
@@ -77,28 +79,45 @@ def sqlite_database(uri: str) -> Path | None:
 
 
 def tracking_server() -> None:
-    """An http(s) MLFLOW_TRACKING_URI must answer (any HTTP status, even 401, counts as up): MLflow
-    itself would retry for minutes. The error names the URI without its credentials."""
-    _answers(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    """An http(s) MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) must answer (any HTTP status, even 401,
+    counts as up): MLflow itself would retry for minutes. The error names the URI without its secrets."""
+    for variable, role in (("MLFLOW_TRACKING_URI", "tracking"), ("MLFLOW_REGISTRY_URI", "registry")):
+        _answers(os.environ.get(variable, ""), f"MLflow {role} server", f"set {variable}")
+
+
+def target_registry(uri: str) -> None:
+    """`promote --to-registry-uri`: a registry MLflow can open (by its scheme), and over http(s) a server
+    that answers, named without its secrets."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._model_registry.utils import _get_store_registry  # MLflow's schemes and plugins'
+
+    try:
+        _get_store_registry().get_store_builder(uri)
+    except MlflowException:
+        scheme = urllib.parse.urlparse(uri).scheme
+        raise ConfigError(f"to_registry_uri={redacted(uri)}: MLflow has no model registry at {scheme}:// "
+                          "URIs") from None
+    _answers(uri, "MLflow registry server", "correct to_registry_uri")
 
 
 @functools.cache
-def _answers(uri: str, timeout_s: float = 5.0) -> None:
+def _answers(uri: str, what: str, fix: str, timeout_s: float = 5.0) -> None:
+    """An http(s) `uri` answers /health. Asked at its address: user:password@ would be taken for part of
+    the host."""
     import urllib.error
     import urllib.request
 
-    parsed = urllib.parse.urlparse(uri)
+    parsed = urllib.parse.urlsplit(redacted(uri))
     if parsed.scheme not in ("http", "https"):
         return
-    shown = without_credentials(uri)
+    health = parsed._replace(path=f"{parsed.path.rstrip('/')}/health", query="", fragment="").geturl()
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+        urllib.request.urlopen(health, timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise ConfigError(f"MLflow tracking server {shown} is unreachable ({reason}); start it or set "
-                          "MLFLOW_TRACKING_URI") from None
+        raise ConfigError(f"{what} {redacted(uri)} is unreachable ({reason}); start it or {fix}") from None
 
 
 def artifact_store() -> None:
@@ -122,7 +141,7 @@ def _bucket_reachable(tracking_uri: str, endpoint: str | None) -> None:
     import boto3
     import botocore.exceptions
 
-    where = f"S3 artifact store {endpoint or 'AWS S3'}, bucket {location.netloc}"
+    where = f"S3 artifact store {redacted(endpoint or 'AWS S3')}, bucket {location.netloc}"
     try:
         boto3.client("s3", endpoint_url=endpoint).head_bucket(Bucket=location.netloc)
     except botocore.exceptions.ClientError as err:

@@ -10,6 +10,7 @@ before any heavy import.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from training.flags import (
     given,
     serving_target,
 )
+from training.new_files import check_new
 from training.promotion import PromotionRule
+from training.redaction import redacted
 
 EXIT_FAILED, EXIT_PREEMPTED = 1, 143
 COUNT = Param("count", "int", 64, "how many digits to write", {"min": 1, "max": MAX_SAMPLES})
@@ -39,6 +42,8 @@ VERSION = Param("version", "int", None, "the version to promote (default: the on
 WORKERS = Param("workers", "int", 1, "trials trained at once, each in its own process", {"min": 1, "max": 64})
 FOLLOW = Param("follow", "int", 0, "keep following the champion: look every N seconds and deploy it when the "
                "service serves anything else (0 = deploy once)", {"min": 0, "max": 86_400})
+TO_NAME = dataclasses.replace(param(JobConfig, "model_name"), name="to_name", default=None,
+                              help="model name in the target registry (default: the model's own)")
 RULE_PARAMS = PromotionRule.parameters()
 JOB_PARAMS = ("samples", "model_name", *RULE_PARAMS)  # main and sweep
 
@@ -109,7 +114,7 @@ def _sweep(args):
     checks.before_training(base)
 
     def progress(outcome) -> None:
-        print(summaries.trial_line(outcome, len(trials)), flush=True)
+        print(redacted(summaries.trial_line(outcome, len(trials))), flush=True)
 
     return lambda: jobs.sweep(trials, base, job, args.workers, on_outcome=progress)
 
@@ -126,10 +131,18 @@ def _evaluate_flags(parser):
 
 def _evaluate(args):
     from training import jobs
-    from training.data import check_readable
+    from training.data import load_mnist
 
-    check_readable(args.data)
+    _check_generator("generator", args.generator)
+    load_mnist(args.data)  # before the generator and the frameworks load; the job reuses it
     return lambda: jobs.evaluate(args.generator, args.data, args.samples, args.seed, args.training_run_id)
+
+
+def _check_generator(flag: str, uri: str) -> None:
+    """A generator named by a URL (scheme://) is none that training.sampling loads."""
+    if "://" in uri:
+        raise ConfigError(f"{flag}={redacted(uri)}: not a generator this project loads; give a training run "
+                          "id, runs:/<id>, models:/<name>@<alias> or a .keras file")
 
 
 # ---- register ----
@@ -157,7 +170,7 @@ def _promote_flags(parser):
     parser.add_argument("--dry-run", action="store_true", help="print the decision, change nothing anywhere")
     parser.add_argument("--to-registry-uri", default=None,
                         help="copy the challenger into this registry and gate it against its champion")
-    parser.add_argument("--to-name", default=None, help="model name in the target registry")
+    add_flag(parser, TO_NAME)
 
 
 def _promote(args):
@@ -168,6 +181,8 @@ def _promote(args):
     job = _job(args)
     rule = PromotionRule.of(job)
     check_readable(args.data)
+    if args.to_registry_uri:
+        checks.target_registry(args.to_registry_uri)
     version = None if args.version is None else str(args.version)
     # A version named by a person may be promoted again after a rollback; the challenger alias may not.
     return lambda: jobs.promote(job.model_name, rule, Judge(args.data, job.samples), args.dry_run,
@@ -224,7 +239,7 @@ def _follow(name: str, target, period_s: int) -> None:
             print(summaries.deployed_line(deployed), flush=True)
 
     def failed(why: str) -> None:
-        print(f"deploy: {why} (looking again in {period_s} s)", file=sys.stderr, flush=True)
+        print(f"deploy: {redacted(why)} (looking again in {period_s} s)", file=sys.stderr, flush=True)
 
     try:
         jobs.follow(name, target, period_s, said, failed, stop)
@@ -244,8 +259,10 @@ def _sample_flags(parser):
 
 def _sample(args):
     from training import jobs
+    from training.jobs.local_files import sample_files
 
-    _check_new_npz("out", args.out)
+    _check_generator("model_uri", args.model_uri)
+    check_new("out", sample_files(args.out), (".npz",))
     return lambda: (args.count, jobs.sample(args.model_uri, args.count, args.seed, args.out))
 
 
@@ -262,16 +279,8 @@ def _data_flags(parser):
 def _data(args):
     from training import jobs
 
-    _check_new_npz("to", args.to)
+    check_new("to", [args.to], (".npz",))
     return lambda: (jobs.download_data(args.data, args.to), args.to)
-
-
-def _check_new_npz(flag: str, path: Path) -> None:
-    """A file a command is about to write: an .npz that does not exist yet (nothing is overwritten)."""
-    if path.exists():
-        raise ConfigError(f"{flag}={path} exists; choose a new file (nothing is overwritten)")
-    if path.suffix != ".npz":
-        raise ConfigError(f"{flag} must end in .npz (got {path})")
 
 
 COMMANDS: dict[str, Command] = {
@@ -336,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             if command.tracked:
                 checks.tracking_server()
         except (ConfigError, ValueError) as err:
-            print(f"mnist-gan {args.command}: error: {err}", file=sys.stderr)
+            print(f"mnist-gan {args.command}: error: {redacted(str(err))}", file=sys.stderr)
             return EXIT_USAGE
         return _run(args.command, run, command.report)
 
@@ -345,16 +354,16 @@ def _run(name: str, run, report) -> int:
     try:
         result = run()
     except Preempted as err:  # before the RuntimeError it derives from
-        print(f"mnist-gan {name}: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: {redacted(str(err))}", file=sys.stderr)
         return EXIT_PREEMPTED
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
-        print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: error: {redacted(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, OSError, *_mlflow_errors()) as err:  # NonFiniteLoss, RegistryError: RuntimeErrors
-        print(f"mnist-gan {name}: error: {err}", file=sys.stderr)
+        print(f"mnist-gan {name}: error: {redacted(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     for line in report(result):
-        print(line)
+        print(redacted(line))
     return 0
 
 

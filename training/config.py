@@ -39,6 +39,12 @@ PRESET_RECIPES = {"seed": SEED_RECIPE, "small": SEED_RECIPE, "tiny": SEED_RECIPE
 # Parameters newer than some checkpoints, with the value that reproduces how those were trained.
 PREDATED_BY = {"ema_decay": 0.0}
 
+# A registered model's name: MLflow's registry refuses "/", ":" and names that are not their own
+# normalized path; its SQL stores hold 256 characters, and the promotion lock is a model named
+# <name> + PROMOTION_LOCK_SUFFIX (training/promotion_lock.py).
+PROMOTION_LOCK_SUFFIX = ".promotion-lock"
+MODEL_NAME_MAX = 256 - len(PROMOTION_LOCK_SUFFIX)
+
 
 class ConfigError(ValueError):
     """A parameter has a value outside its allowed range; the message names both."""
@@ -190,7 +196,8 @@ class TrainConfig(_Parameters):
 class JobConfig(_Parameters):
     samples: int = _param(10_000, "generated images to evaluate (the same N for every compared model)",
                           min=10, max=MAX_SAMPLES)
-    model_name: str = _param("mnist-gan-generator", "registered model name")
+    model_name: str = _param("mnist-gan-generator", "registered model name (no '/' or ':')",
+                             registered_model_name=True)
     min_fid_gain: float = _param(0.0, "promote only when FID drops by more than this", ge=0.0)
     max_classes_lost: int = _param(0, "classes covered the challenger may lose against the champion",
                                    min=0, max=10)
@@ -243,12 +250,29 @@ def check(param: Param, value: Any) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(bounds['choices'])} (got {value!r})")
     if param.type == "str" and not value:
         raise ConfigError(f"{name} must not be empty")
+    if bounds.get("registered_model_name"):
+        _check_registered_model_name(name, value)
     low = bounds.get("min", bounds.get("ge"))
     high = bounds.get("max", bounds.get("le"))
     too_low = ("gt" in bounds and value <= bounds["gt"]) or (low is not None and value < low)
     too_high = ("lt" in bounds and value >= bounds["lt"]) or (high is not None and value > high)
     if too_low or too_high:
         raise ConfigError(f"{name} must be in {_describe_range(bounds)} (got {value!r})")
+
+
+def _check_registered_model_name(name: str, value: str) -> None:
+    """What MLflow's registry would refuse at `register`, after training: refused before anything runs.
+    (Without "/", MLflow's own rule, a name equal to its normalized path, leaves out "." and "..*".)"""
+    if not value.strip():
+        raise ConfigError(f"{name} must not be blank")
+    if "/" in value or ":" in value:
+        raise ConfigError(f"{name} must be a registered model name, without '/' or ':' (got {value!r})")
+    if value == "." or value.startswith(".."):
+        raise ConfigError(f"{name} must be a registered model name, not '.' or starting with '..' "
+                          f"(got {value!r})")
+    if len(value) > MODEL_NAME_MAX:
+        raise ConfigError(f"{name} must be a registered model name of at most {MODEL_NAME_MAX} characters "
+                          f"(got {len(value)})")
 
 
 def parse_and_check(param: Param, raw: Any) -> Any:

@@ -11,6 +11,8 @@ import re
 import sys
 import threading
 
+from training.redaction import redacted
+
 LEVEL_VARIABLE = "MNIST_GAN_LOG_LEVEL"
 
 
@@ -27,7 +29,8 @@ NATIVE_NOTICE = re.compile(rb"WARNING: All log messages before absl::InitializeL
 @contextlib.contextmanager
 def native_notices_hidden():
     """The process's file descriptor 2 through a filter that drops NATIVE_NOTICE lines and passes every
-    other line on, in order (Python's own stderr included); restored, and everything passed on, at exit."""
+    other line on, in order (Python's own stderr included), any URL in it redacted; restored, and
+    everything passed on, at exit."""
     sys.stderr.flush()
     terminal = os.dup(2)
     read_end, write_end = os.pipe()
@@ -39,8 +42,8 @@ def native_notices_hidden():
     def forward() -> None:
         with os.fdopen(read_end, "rb") as lines, os.fdopen(passed_on, "wb", buffering=0) as out:
             for line in lines:
-                if not NATIVE_NOTICE.match(line):
-                    out.write(line)
+                if not NATIVE_NOTICE.match(line):  # and a library's line quoting a URL, without its secrets
+                    out.write(redacted(line.decode(errors="surrogateescape")).encode(errors="surrogateescape"))
 
     forwarder = threading.Thread(target=forward, name="native-notices", daemon=True)
     forwarder.start()

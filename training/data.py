@@ -6,8 +6,10 @@ The file is read with `allow_pickle=False`: nothing inside a data file is ever e
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import http.client
 import math
 import os
 import shutil
@@ -16,15 +18,17 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from training.config import DEFAULT_DATA_URL
+from training.redaction import redacted
 
 # sha256 of the file that `keras.datasets.mnist` downloads from DEFAULT_DATA_URL.
 KNOWN_SHA256 = {DEFAULT_DATA_URL: "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"}
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
+SCHEMES = ("http", "https", "s3")  # of a data source given as a URL; anything else is a local path
 CACHE_DIR = Path(os.environ.get("MNIST_GAN_CACHE", Path.home() / ".cache" / "mnist-gan"))
 # The trained evaluator classifiers (training/classifier.py): $MNIST_GAN_EVALUATOR_CACHE, else the cache's
 # evaluator folder. The pipeline's containers see the host's there, mounted read-only (pipelines/runner.py).
@@ -32,7 +36,11 @@ EVALUATOR_CACHE = Path(os.environ.get("MNIST_GAN_EVALUATOR_CACHE", CACHE_DIR / "
 
 
 class DataError(ValueError):
-    """A data source is unreachable or its content is not MNIST; the message names the source."""
+    """A data source is unreachable or its content is not MNIST; the message names the source, without
+    the credentials or signature its URL may carry."""
+
+    def __init__(self, message: str):
+        super().__init__(redacted(message))
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Mnist:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    source: str
+    source: str  # where it came from, fit to record (redacted)
     sha256: str
     path: Path  # the verified local file (the source itself, or its cached download)
 
@@ -52,21 +60,26 @@ class Mnist:
 def load_mnist(source: str) -> Mnist:
     """Fetch (if remote), checksum and validate `source`; raise DataError naming it on any problem.
     Once per process and source: the jobs of one command share what the first one loaded."""
-    path = _local_copy(source)
-    digest = file_sha256(path)
-    expected = KNOWN_SHA256.get(source)
-    if expected and digest != expected:
-        path.unlink()  # a bad download must not stay in the cache
-        raise DataError(f"{source}: sha256 {digest} does not match the published {expected}")
-    arrays = read_npz(path, name=source)
-    return Mnist(**arrays, source=source, sha256=digest, path=path)
+    check_readable(source)
+    path, digest, arrays = _verified_copy(source)
+    return Mnist(**arrays, source=redacted(source), sha256=digest, path=path)
 
 
 def check_readable(source: str) -> None:
-    """Cheap pre-flight check: a local file must exist and be readable; URLs are checked on load."""
-    scheme = urlparse(source).scheme
-    if scheme in ("http", "https", "s3"):
-        return
+    """Cheap pre-flight check: a local file must exist and be readable; a URL must have a scheme of
+    SCHEMES and a host or bucket (what it serves is checked on load)."""
+    parsed = urlparse(source)
+    if "://" not in source and parsed.scheme not in SCHEMES:
+        _check_local_file(source)
+    elif parsed.scheme not in SCHEMES or not parsed.hostname:
+        raise DataError(f"data={source}: not a source this project reads; give an http(s) URL, an "
+                        "s3://BUCKET/KEY URI or a local path")
+    elif parsed.scheme == "s3" and parsed.username is not None:
+        raise DataError(f"data={source}: S3 credentials come from AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, not from the URI")
+
+
+def _check_local_file(source: str) -> None:
     path = Path(source)
     if not path.is_file():
         raise DataError(f"data={source}: no such file")
@@ -113,39 +126,70 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _local_copy(source: str) -> Path:
+def _verified_copy(source: str) -> tuple[Path, str, dict[str, np.ndarray]]:
+    """The verified local file of `source`, its sha256 and its arrays: a local path as it is, a URL
+    through the download cache."""
     parsed = urlparse(source)
     if parsed.scheme in ("http", "https"):
         return _cached(source, lambda tmp: _download_http(source, tmp))
     if parsed.scheme == "s3":
         return _cached(source, lambda tmp: _download_s3(parsed.netloc, parsed.path.lstrip("/"), tmp))
     check_readable(source)
-    return Path(source)
+    return Path(source), *_verify(Path(source), source)
 
 
-def _cached(source: str, download) -> Path:
-    """Download once into the cache; the file appears only when complete (atomic rename)."""
+def _verify(path: Path, source: str) -> tuple[str, dict[str, np.ndarray]]:
+    """sha256 and arrays of the file holding `source`, once it matches the published digest (if there
+    is one) and is a valid MNIST; DataError otherwise."""
+    digest = file_sha256(path)
+    expected = KNOWN_SHA256.get(source)
+    if expected and digest != expected:
+        raise DataError(f"{source}: sha256 {digest} does not match the published {expected}")
+    return digest, read_npz(path, name=source)
+
+
+def _cached(source: str, download) -> tuple[Path, str, dict[str, np.ndarray]]:
+    """Download once into the cache. Only a verified file enters it (downloaded beside it, verified,
+    then renamed), so a failed or invalid download leaves nothing behind; a cached copy that fails its
+    check is discarded, said so, and downloaded again."""
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     target = CACHE_DIR / f"{key}-{Path(urlparse(source).path).name or 'mnist.npz'}"
     if target.is_file() and urlparse(source).scheme != "s3":  # S3 objects may change
-        return target
+        try:
+            return target, *_verify(target, source)
+        except DataError as err:
+            print(f"data: {err}; discarded the cached copy {target}, downloading it again", flush=True)
+            target.unlink(missing_ok=True)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=CACHE_DIR, suffix=".part", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
         download(tmp_path)
+        verified = _verify(tmp_path, source)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
-    return target
+    return target, *verified
 
 
 def _download_http(url: str, target: Path) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+        with urllib.request.urlopen(_request(url), timeout=60) as response, open(target, "wb") as out:
             shutil.copyfileobj(response, out)
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:  # HTTPException: an answer cut or garbled
         raise DataError(f"{url}: download failed ({err})") from None
+
+
+def _request(url: str) -> urllib.request.Request:
+    """The request for `url`: its user:password@ sent as HTTP basic auth (urllib would take it for part
+    of the host), to its own server only (not to one it redirects to)."""
+    parsed = urlparse(url)
+    if parsed.username is None:
+        return urllib.request.Request(url)
+    request = urllib.request.Request(parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl())
+    userinfo = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(userinfo.encode()).decode())
+    return request
 
 
 def _download_s3(bucket: str, key: str, target: Path) -> None:

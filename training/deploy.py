@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from training import config, kserve
 from training.config import ConfigError, Param
+from training.redaction import redacted
 
 SERVING_TAG = "serving.inferenceservice"
 CANARY_TAG = "serving.canary_traffic_percent"
@@ -42,6 +43,7 @@ CANARY_TRAFFIC_PERCENT = Param("canary_traffic_percent", "int", 0,
                                "rolled out before (0 = all of it)", {"min": 0, "max": 99})
 TIMEOUT = Param("timeout", "int", 600, "seconds to wait for the InferenceService to be Ready", {"min": 1})
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label, as Kubernetes names are
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # an S3 bucket name: no user:password@, no port
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,10 @@ class Target:
                 raise ConfigError(f"{name} must be a Kubernetes name: at most 63 lower-case letters, digits "
                                   f"and '-', starting and ending with a letter or digit (got {value!r})")
         destination = urlparse(self.artifacts_destination)
-        if destination.scheme != "s3" or not destination.netloc:
+        if (destination.scheme != "s3" or not BUCKET.fullmatch(destination.netloc) or destination.query
+                or destination.fragment):
             raise ConfigError("artifacts_destination must be the tracking server's s3://BUCKET[/PREFIX] "
-                              f"(got {self.artifacts_destination!r})")
+                              f"(got {redacted(self.artifacts_destination)!r})")
 
 
 PARAMS = (INFERENCE_SERVICE, NAMESPACE, ARTIFACTS_DESTINATION, MODEL_READER, CANARY_TRAFFIC_PERCENT, TIMEOUT)

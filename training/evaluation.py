@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import keras
@@ -17,7 +18,13 @@ import numpy as np
 from training import metrics, plots
 from training.classifier import MnistClassifier
 from training.data import CACHE_DIR, Mnist, to_unit_range
-from training.sampling import latents, render
+from training.sampling import latent_batches, latents, render
+
+# Images generated and classified at once: all an evaluation holds of its N images (3 MB), so that what
+# it holds grows only by what it keeps of each sample, about 576 bytes (its float32 features and
+# probabilities; the metrics' working memory is bounded, training/metrics.py).
+BATCH = 1000
+SHOWN = 64  # the first samples, kept for the report's grid
 
 
 @dataclass
@@ -26,14 +33,40 @@ class Evaluation:
     reference: dict[str, float]  # real training images scored the same way
     histogram: list[int]
     reference_histogram: list[int]
-    samples: np.ndarray = field(repr=False)  # (N, 28, 28) uint8
-    sample_probabilities: np.ndarray = field(repr=False)  # (N, 10)
+    samples: np.ndarray = field(repr=False)  # (min(n, SHOWN), 28, 28) uint8: the first of the n samples
+    n: int  # samples scored
+
+
+def classified(classifier: MnistClassifier, batches: Iterable[np.ndarray],
+               n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's features (n, 128) and probabilities (n, 10), float32, of n images that come as
+    batches of (B, 28, 28, 1) in [-1, 1]: only one batch of images is held at a time."""
+    features = probabilities = None
+    start = 0
+    for images in batches:
+        f, p = classifier.features_and_probabilities(images)
+        if features is None:
+            features = np.empty((n, f.shape[1]), np.float32)
+            probabilities = np.empty((n, p.shape[1]), np.float32)
+        features[start:start + len(f)], probabilities[start:start + len(p)] = f, p
+        start += len(f)
+    if start != n:
+        raise ValueError(f"expected {n} images, got {start}")
+    return features, probabilities
 
 
 def score(classifier: MnistClassifier, fake: np.ndarray,
-          real_features: np.ndarray) -> tuple[dict, list[int], np.ndarray]:
-    """Metrics of (N, 28, 28, 1) images in [-1, 1] against the real test features."""
-    features, probabilities = classifier.features_and_probabilities(fake)
+          real_features: np.ndarray) -> tuple[dict, list[int]]:
+    """Metrics of (N, 28, 28, 1) images in [-1, 1] against the real test features, and the histogram of
+    their classes."""
+    batches = (fake[start:start + BATCH] for start in range(0, len(fake), BATCH))
+    return score_features(*classified(classifier, batches, len(fake)), real_features)
+
+
+def score_features(features: np.ndarray, probabilities: np.ndarray,
+                   real_features: np.ndarray) -> tuple[dict, list[int]]:
+    """Metrics of samples given as their classifier features (N, 128) and probabilities (N, 10) against
+    the real test features (10,000, 128), and the histogram of their classes."""
     kid, kid_stderr = metrics.kernel_inception_distance(real_features, features)
     precision, recall = metrics.precision_recall(real_features, features, k=3)
     coverage = metrics.class_coverage(probabilities)
@@ -45,19 +78,27 @@ def score(classifier: MnistClassifier, fake: np.ndarray,
         "classes_covered": float(coverage["classes_covered"]),
         "kl_to_uniform": coverage["kl_to_uniform"],
     }
-    return values, coverage["histogram"], probabilities
+    return values, coverage["histogram"]
 
 
 def evaluate(generator: keras.Model, mnist: Mnist, classifier: MnistClassifier, n: int,
              seed: int = 0) -> Evaluation:
-    """Score n samples of `generator`, and n real training images as the reference, against the test split."""
+    """Score n samples of `generator`, and n real training images as the reference, against the test split.
+    The samples are generated, classified and dropped BATCH at a time."""
     if n < 10:
         raise ValueError(f"n must be >= 10 samples (got {n})")
     real_features, reference, reference_histogram = real_reference(classifier, mnist, n, seed)
-    fake = render(generator, latents(n, generator.input_shape[-1], seed))
-    values, histogram, probabilities = score(classifier, fake, real_features)
-    return Evaluation(values, reference, histogram, reference_histogram, plots.to_uint8(fake),
-                      probabilities)
+    shown = []
+
+    def batches():
+        for z in latent_batches(n, generator.input_shape[-1], seed, BATCH):
+            images = render(generator, z)
+            if not shown:
+                shown.append(plots.to_uint8(images[:SHOWN]))
+            yield images
+
+    values, histogram = score_features(*classified(classifier, batches(), n), real_features)
+    return Evaluation(values, reference, histogram, reference_histogram, shown[0], n)
 
 
 class QualityProbe:
@@ -93,7 +134,8 @@ def real_reference(classifier: MnistClassifier, mnist: Mnist, n: int,
                     cached["histogram"].tolist())
     real_features, _ = classifier.features_and_probabilities(to_unit_range(mnist.x_test))
     picks = np.random.default_rng([seed, 1]).choice(len(mnist.x_train), n, replace=n > len(mnist.x_train))
-    reference, histogram, _ = score(classifier, to_unit_range(mnist.x_train[picks]), real_features)
+    batches = (to_unit_range(mnist.x_train[picks[start:start + BATCH]]) for start in range(0, n, BATCH))
+    reference, histogram = score_features(*classified(classifier, batches, n), real_features)
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,14 @@ from typing import Any
 
 from training import deploy
 from training.config import ConfigError, Param, params, parse_and_check
+from training.redaction import redacted
 
 EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+    def error(self, message: str):  # one line, not the usage block, quoting no URL's secrets
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redacted(message)}\n")
 
     def parse_args(self, args=None, namespace=None):
         # argparse drops a value of "--" (`--epochs=--`), silently leaving the default: refuse it instead

@@ -39,8 +39,8 @@ def score(challenger, champion, mnist, classifier, n: int, seed: int = 0,
     """Score two Keras generators on n samples each, drawn from the latents of `seed` (each at its own
     z_dim: the same latents when their z_dim agree, which pairs the samples row by row)."""
     from training import plots
-    from training.evaluation import real_reference
-    from training.sampling import latents, render
+    from training.evaluation import BATCH, classified, real_reference
+    from training.sampling import latent_batches, render
 
     if n < 10:
         raise ValueError(f"n must be >= 10 samples (got {n})")
@@ -49,11 +49,16 @@ def score(challenger, champion, mnist, classifier, n: int, seed: int = 0,
     real = metrics.gaussian(real_features)
     features, scores, grids = {}, {}, {}
     for side, generator in (("challenger", challenger), ("champion", champion)):
-        images = render(generator, latents(n, generator.input_shape[-1], seed))
-        features[side], probabilities = classifier.features_and_probabilities(images)
+        def batches(generator=generator, side=side):  # one batch of images held at a time, at any n
+            for z in latent_batches(n, generator.input_shape[-1], seed, BATCH):
+                images = render(generator, z)
+                if side not in grids:
+                    grids[side] = plots.to_uint8(images[:GRID])
+                yield images
+
+        features[side], probabilities = classified(classifier, batches(), n)
         scores[side] = {"fid": metrics.frechet_distance_between(real, metrics.gaussian(features[side])),
                         "classes_covered": float(metrics.class_coverage(probabilities)["classes_covered"])}
-        grids[side] = plots.to_uint8(images[:GRID])
     gain = metrics.FidGain(scores["champion"]["fid"] - scores["challenger"]["fid"],
                            metrics.fid_gain_replicates(real, features["champion"], features["challenger"],
                                                        replicates, seed))

@@ -255,7 +255,19 @@ class _RunState:
         })
 
     def restore(self, directory: Path) -> None:
+        """Continue from the newest intact checkpoint in `directory` (a damaged newer one is skipped, said
+        so) and the best generator so far; CheckpointError, in one line, when neither can be used."""
         self.state, manifest = checkpoint.load_latest(directory, self.state)
+        try:
+            self._continue_from(manifest, directory)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a manifest of an older format
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {directory}: its checkpoint manifest lacks or garbles a field "
+                f"({type(err).__name__}: {err})") from None
+        # best/ is written before the latest checkpoint: after a crash between the two it is ahead
+        self.best = _best_so_far(directory / BEST)
+
+    def _continue_from(self, manifest: dict, directory: Path) -> None:
         refused = self.config.resume_conflicts(manifest["config"])
         if refused or manifest["num_images"] != self.num_images:
             raise checkpoint.CheckpointError(
@@ -268,8 +280,6 @@ class _RunState:
         self.epoch_values = manifest["epoch_values"]
         self.curve = manifest.get("curve", [])
         self.seconds_before = manifest.get("training_seconds", 0.0)
-        # best/ is written before the latest checkpoint: after a crash between the two it is ahead
-        self.best = checkpoint.latest_manifest(directory / BEST)
 
     def result(self, gan: Gan, state, stopped_by: str) -> TrainResult:
         gan.assign(state)
@@ -279,7 +289,7 @@ class _RunState:
         selected = "generator_ema" if "g_ema" in state else "generator"
         if self.best is not None:
             template = gan.generator_weights(state)
-            best_weights, _ = checkpoint.load_latest(self.directory / BEST, template)
+            best_weights, _ = checkpoint.load_latest(self.directory / BEST, template, report=False)
             generators["generator_best"] = _generator_with(gan, best_weights)
             if self.config.keeps_best:
                 selected = "generator_best"
@@ -290,6 +300,16 @@ class _RunState:
 
 
 _MANIFEST_KEYS = ("global_step", "arrays", "sha256", "leaves")  # what checkpoint.save adds to a point
+
+
+def _best_so_far(best_dir: Path) -> dict | None:
+    """The newest intact point of best/ (None before the first curve point); a damaged newer one is
+    skipped, said so. With none intact, CheckpointError: resuming would forget the best so far."""
+    try:
+        return checkpoint.newest_intact(best_dir)
+    except checkpoint.NoIntactCheckpoint as err:
+        raise checkpoint.CheckpointError(
+            f"{err}; move {best_dir} away to resume without the best generator so far") from None
 
 
 def _generator_with(gan: Gan, weights: tuple[list, list]):

@@ -21,11 +21,25 @@ NUM_CLASSES = 10
 Gaussian = tuple[np.ndarray, np.ndarray]  # mean (D,), covariance (D, D)
 
 
+# Rows of (N, D) features the metrics take at once: beyond their inputs, what they hold is bounded by these
+# whatever N is (a float32 tile of distances is 1024 x 4096 x 4 bytes = 16 MB), so 1,000,000 samples fit
+# an evaluate task's memory as 10,000 do.
+ROW_BLOCK = 1024
+COLUMN_BLOCK = 4096
+
+
 def _check_2d(name: str, x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """x as a float array (float32 stays float32: a float64 copy of a million features is 1 GB)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"{name} must have shape (N >= 2, D), got {x.shape}")
     return x
+
+
+def _blocks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
@@ -37,7 +51,13 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
 def gaussian(features: np.ndarray) -> Gaussian:
     """The mean (D,) and covariance (D, D) of (N, D) features: what FID compares, computed once per set."""
     features = _check_2d("features", features)
-    return features.mean(0), np.cov(features, rowvar=False)
+    blocks = _blocks(len(features), ROW_BLOCK)
+    mean = sum(features[rows].sum(0, dtype=np.float64) for rows in blocks) / len(features)
+    scatter = np.zeros((features.shape[1],) * 2)
+    for rows in blocks:
+        centred = features[rows] - mean
+        scatter += centred.T @ centred
+    return mean, scatter / (len(features) - 1)
 
 
 def frechet_distance_between(real: Gaussian, fake: Gaussian) -> float:
@@ -55,9 +75,15 @@ def frechet_distance_between(real: Gaussian, fake: Gaussian) -> float:
 
 def classifier_score(probs: np.ndarray) -> float:
     """exp(E_x[KL(p(y|x) || p(y))]) of (N, 10) class probabilities ("Inception score"), in [1, 10]."""
-    probs = np.clip(_check_2d("probs", probs), 1e-12, 1.0)
-    marginal = probs.mean(0, keepdims=True)
-    return float(np.exp((probs * (np.log(probs) - np.log(marginal))).sum(1).mean()))
+    probs = _check_2d("probs", probs)
+    blocks = _blocks(len(probs), ROW_BLOCK)
+
+    def clipped(rows: slice) -> np.ndarray:
+        return np.clip(probs[rows].astype(np.float64), 1e-12, 1.0)
+
+    log_marginal = np.log(sum(clipped(rows).sum(0) for rows in blocks) / len(probs))
+    kl = sum((p * (np.log(p) - log_marginal)).sum() for p in map(clipped, blocks))
+    return float(np.exp(kl / len(probs)))
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 50,
@@ -70,8 +96,8 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     dim = real.shape[1]
     estimates = []
     for _ in range(subsets):
-        x = real[rng.choice(len(real), size, replace=False)]
-        y = fake[rng.choice(len(fake), size, replace=False)]
+        x = real[rng.choice(len(real), size, replace=False)].astype(np.float64)
+        y = fake[rng.choice(len(fake), size, replace=False)].astype(np.float64)
         k_xx, k_yy, k_xy = ((a @ b.T / dim + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
         off_diagonal = size * (size - 1)
         estimates.append((k_xx.sum() - np.trace(k_xx)) / off_diagonal
@@ -99,27 +125,54 @@ def class_coverage(probs: np.ndarray) -> dict[str, float | list[int]]:
             "kl_to_uniform": float((present * np.log(present * NUM_CLASSES)).sum())}
 
 
-def _pairwise_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+def _distance_tiles(queries: np.ndarray, members: np.ndarray):
+    """Squared distances of queries to members, tile by tile: for each block of ROW_BLOCK queries, its
+    slice and an iterator of (members' slice, (rows, columns) float32 distances) over COLUMN_BLOCK
+    members at a time. Both sides are centred on the members' mean first: distances do not change, and
+    float32 keeps their digits where ||a||^2 + ||b||^2 - 2 a.b cancels (rows near each other)."""
+    centre = members.mean(0, dtype=np.float64)
+
+    def centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = (x - centre).astype(np.float32)
+        return x, (x * x).sum(1)
+
+    def row_tiles(rows: slice):
+        a, a_norms = centred(queries[rows])
+        for columns in _blocks(len(members), COLUMN_BLOCK):
+            b, b_norms = centred(members[columns])
+            d = a @ b.T
+            d *= -2
+            d += a_norms[:, None]
+            d += b_norms[None, :]
+            yield columns, np.maximum(d, 0, out=d)
+
+    for rows in _blocks(len(queries), ROW_BLOCK):
+        yield rows, row_tiles(rows)
 
 
-def _kth_neighbour_distance(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Squared distance from each row to its k-th nearest other row."""
+def _kth_neighbour_distance(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance (N,) float32 from each row to its k-th nearest other row."""
     if len(x) <= k:
         raise ValueError(f"need more than k={k} samples, got {len(x)}")
-    radii = np.empty(len(x))
-    for start in range(0, len(x), chunk):
-        d = _pairwise_sq_distances(x[start:start + chunk], x)
-        radii[start:start + chunk] = np.partition(d, k, axis=1)[:, k]  # index 0 is the row itself
+    radii = np.empty(len(x), np.float32)
+    for rows, tiles in _distance_tiles(x, x):
+        # each row's k + 1 smallest so far, the row itself (distance 0) among them; column k the largest
+        nearest = np.full((rows.stop - rows.start, k + 1), np.inf, np.float32)
+        for _, d in tiles:
+            closer = (d < nearest[:, k, None]).any(1)  # after the first tiles, most rows have nothing
+            both = np.concatenate([nearest[closer], d[closer]], axis=1)
+            nearest[closer] = np.partition(both, k, axis=1)[:, :k + 1]
+        radii[rows] = nearest[:, k]
     return radii
 
 
-def _covered_share(queries: np.ndarray, members: np.ndarray, member_radii: np.ndarray,
-                   chunk: int = 2048) -> float:
+def _covered_share(queries: np.ndarray, members: np.ndarray, member_radii: np.ndarray) -> float:
     covered = 0
-    for start in range(0, len(queries), chunk):
-        d = _pairwise_sq_distances(queries[start:start + chunk], members)
-        covered += int((d <= member_radii[None, :]).any(1).sum())
+    for rows, tiles in _distance_tiles(queries, members):
+        hit = np.zeros(rows.stop - rows.start, bool)
+        for columns, d in tiles:
+            hit |= (d <= member_radii[None, columns]).any(1)
+        covered += int(hit.sum())
     return covered / len(queries)
 
 
@@ -141,28 +194,40 @@ def fid_gain_replicates(real: Gaussian, champion: np.ndarray, challenger: np.nda
     sqrt_cov_r = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
     trace_r = np.trace(cov_r)
 
-    def resampled_distance(features: tuple[np.ndarray, np.ndarray], counts: np.ndarray) -> float:
-        """FID of features resampled `counts` (N,) times each, given as (their mean, float32 rows
-        centred on it): centred, float32 halves the cost of the one costly product without losing
-        precision, and as the product of one matrix with itself it is half a general product's."""
+    def resampled_distance(features: tuple[np.ndarray, np.ndarray], drawn: np.ndarray,
+                           counts: np.ndarray) -> float:
+        """FID of features resampled as rows `drawn` taken `counts` times each, the features given as
+        (their mean, float32 rows centred on it): centred, float32 halves the cost of the one costly
+        product without losing precision; as the product of one matrix with itself it is half a
+        general product's, and of the drawn rows only (about 63 % of them), less again."""
         centre, centred = features
-        mean = counts @ centred / n
-        weighted = centred * np.sqrt(counts)[:, None]
+        rows = centred[drawn]
+        mean = counts @ rows / n
+        weighted = rows * np.sqrt(counts)[:, None]
         scatter = (weighted.T @ weighted).astype(np.float64)
         cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
         # Tr((S_r S_f)^1/2) = sum of the square roots of the eigenvalues of S_r^1/2 S_f S_r^1/2
         root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_cov_r @ cov @ sqrt_cov_r), 0, None)).sum()
         return float(((mu_r - centre - mean) ** 2).sum() + trace_r + np.trace(cov) - 2 * root_trace)
 
-    paired = [(f.mean(0), (f - f.mean(0)).astype(np.float32)) for f in (champion, challenger)]
+    def centred(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centre, rows = features.mean(0, dtype=np.float64), np.empty(features.shape, np.float32)
+        for block in _blocks(n, ROW_BLOCK):
+            rows[block] = features[block] - centre
+        return centre, rows
+
+    paired = [centred(champion), centred(challenger)]
     rng = np.random.default_rng(seed)
     gains = np.empty(replicates)
     # A thousand small products: one BLAS thread does them as fast as two on idle cores, and several
     # times faster than a pool that shares its cores with other work (a pod's CPU limit, a busy node).
     with threadpool_limits(1):
         for r in range(replicates):
-            counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float32)
-            gains[r] = resampled_distance(paired[0], counts) - resampled_distance(paired[1], counts)
+            counts = np.bincount(rng.integers(0, n, n), minlength=n)
+            drawn = np.flatnonzero(counts)
+            times = counts[drawn].astype(np.float32)
+            gains[r] = (resampled_distance(paired[0], drawn, times)
+                        - resampled_distance(paired[1], drawn, times))
     return gains
 
 

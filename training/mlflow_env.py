@@ -11,6 +11,7 @@ import os
 import urllib.parse
 
 from training.config import ConfigError
+from training.redaction import redacted
 
 DEFAULT_EXPERIMENT = "mnist-gan"  # every entry point's, `mlflow run` told so by the commands we document
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
@@ -45,10 +46,8 @@ def set_experiment(run_id: str | None = None):
         try:
             experiment = client.get_experiment(experiment_id)
         except MlflowException:
-            uri = mlflow.get_tracking_uri()
-            shown = without_credentials(uri) if urllib.parse.urlparse(uri).hostname else uri
-            raise ConfigError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment at {shown}"
-                              ) from None
+            raise ConfigError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment at "
+                              f"{redacted(mlflow.get_tracking_uri())}") from None
     else:
         experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment and experiment.lifecycle_stage != "active":
@@ -70,13 +69,6 @@ def artifacts_through_the_server() -> None:
         os.environ.setdefault(name, value)
 
 
-def without_credentials(uri: str) -> str:
-    """The URI with any user:password@ taken out of its address, fit to print or to store."""
-    parsed = urllib.parse.urlparse(uri)
-    port = f":{parsed.port}" if parsed.port else ""
-    return parsed._replace(netloc=(parsed.hostname or "") + port).geturl()
-
-
 def ui_route(experiment_id: str, run_id: str | None = None, artifact: str | None = None) -> str:
     """A page of MLflow's UI in its training view, relative to the UI's address (as a run's description
     links): the experiment's runs, a run, or one of its artifacts shown in the run's Artifacts tab."""
@@ -91,7 +83,7 @@ def runs_view(experiment_id: str) -> str:
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    server = without_credentials(uri) if urllib.parse.urlparse(uri).scheme in ("http", "https") else MLFLOW_UI
+    server = redacted(uri) if urllib.parse.urlparse(uri).scheme in ("http", "https") else MLFLOW_UI
     return f"{server.rstrip('/')}/{ui_route(experiment_id)}"
 
 
@@ -104,4 +96,4 @@ def run_link(run_id: str) -> str:
     if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
         return f"runs:/{run_id}"
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
-    return f"{without_credentials(uri).rstrip('/')}/{ui_route(experiment_id, run_id)}"
+    return f"{redacted(uri).rstrip('/')}/{ui_route(experiment_id, run_id)}"

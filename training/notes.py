@@ -13,6 +13,7 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 from training.mlflow_env import TRAINING_VIEW, ui_route
+from training.redaction import error_text, redacted
 
 if TYPE_CHECKING:
     from training.jobs import MainResult, Promoted, SweepResult
@@ -27,10 +28,11 @@ RANKED = 10  # rows of a sweep's ranking in its note; all of them are in its swe
 
 
 def write(paragraphs: list[str]) -> None:
-    """The active run's description: Markdown paragraphs (empty ones left out)."""
+    """The active run's description: Markdown paragraphs (empty ones left out), any URL in them
+    redacted."""
     import mlflow
 
-    mlflow.set_tag(NOTE_TAG, "\n\n".join(filter(None, paragraphs))[:LONGEST])
+    mlflow.set_tag(NOTE_TAG, redacted("\n\n".join(filter(None, paragraphs)))[:LONGEST])
 
 
 def describe_main(done: MainResult) -> None:
@@ -38,7 +40,7 @@ def describe_main(done: MainResult) -> None:
     the champion when there was one, else the evaluation's against real images), the reports, the runs."""
     evaluation, promoted = done.evaluated.evaluation, done.promoted
     measured = [] if promoted.decision.head_to_head else [
-        f"On {len(evaluation.samples):,} samples (real images in brackets): " + " · ".join(
+        f"On {evaluation.n:,} samples (real images in brackets): " + " · ".join(
             f"{label} {_number(evaluation.metrics[k])} ({_number(evaluation.reference[k])})"
             for k, label in EVALUATION.items())]
     write([*_decided(promoted.name, promoted.decision, registered=True), *measured,
@@ -85,7 +87,7 @@ def failure_noted(job: str):
     try:
         yield
     except Exception as err:
-        write([f"**{job} failed**: {type(err).__name__}: {err}",
+        write([f"**{job} failed**: {error_text(err)}",
                "Its child runs show how far it got (a step that failed holds the same `error` tag)."])
         raise
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from training import config
 from training.config import JobConfig
 from training.promotion_lock import promotion_lock
+from training.redaction import redacted
 
 if TYPE_CHECKING:
     from training.head_to_head import HeadToHead
@@ -191,7 +192,8 @@ def judge_against_champion(candidate: Candidate, client, name: str, rule: Promot
             champion_file = champion and registry.download_generator(client, name, champion,
                                                                      Path(tmp) / "champion")
         except registry.ArtifactError as err:
-            return Decision(False, f"artifacts not verified: {err}", candidate.version, champion)
+            return Decision(False, f"artifacts not verified: {redacted(str(err))}", candidate.version,
+                            champion)
         if champion is None:
             promote_it, reason = rule.decide(registry.version_metrics(candidate.client, candidate.name,
                                                                       candidate.version), None)

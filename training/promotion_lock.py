@@ -34,6 +34,8 @@ import sys
 import time
 import uuid
 
+from training.config import PROMOTION_LOCK_SUFFIX
+
 LOCK_STALE_S = 300  # a promotion lock older than this was left by a killed process and is broken
 TOUCH_EVERY_S = 10  # how often a waiter stamps the registry's time on the lock to read its age
 # What MLflow answers to the creation of a lock another promotion holds: "already exists", or, when
@@ -44,7 +46,7 @@ GONE = "RESOURCE_DOES_NOT_EXIST"
 
 
 def lock_name(name: str) -> str:
-    return f"{name}.promotion-lock"
+    return name + PROMOTION_LOCK_SUFFIX
 
 
 @contextlib.contextmanager

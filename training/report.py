@@ -25,7 +25,7 @@ def write_report(evaluation: Evaluation, x_train: np.ndarray, directory: Path, t
     """Write grid.png, neighbours.png, histogram.png, report.md and report.html; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     samples = evaluation.samples
-    plots.grid(samples[:64], caption=f"{len(samples)} samples, first 64").save(directory / "grid.png")
+    plots.grid(samples[:64], caption=f"{evaluation.n} samples, first 64").save(directory / "grid.png")
     _neighbours_picture(samples[:NEIGHBOUR_SAMPLES], x_train).save(directory / "neighbours.png")
     _histogram_plot(evaluation, directory / "histogram.png")
     table = metrics_table(evaluation)

@@ -6,6 +6,7 @@ registered model (`models:/<name>@<alias>` or `models:/<name>/<version>`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -16,6 +17,14 @@ def latents(n: int, z_dim: int, seed: int | tuple[int, ...]) -> np.ndarray:
     """z ~ U(-1, 1): (n, z_dim) float32, the same for the same seed everywhere (training's sample grids,
     the CLI, evaluation, serving)."""
     return np.random.default_rng(seed).uniform(-1, 1, (n, z_dim)).astype(np.float32)
+
+
+def latent_batches(n: int, z_dim: int, seed: int | tuple[int, ...], batch_size: int) -> Iterator[np.ndarray]:
+    """latents(n, z_dim, seed) as consecutive (<= batch_size, z_dim) blocks of its rows: the same values,
+    never all n at once."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, batch_size):
+        yield rng.uniform(-1, 1, (min(batch_size, n - start), z_dim)).astype(np.float32)
 
 
 def render(generator: keras.Model, z: np.ndarray, weights: tuple[list, list] | None = None,

@@ -102,7 +102,7 @@ def summary_lines(done: MainResult) -> list[str]:
     uri = mlflow.get_tracking_uri()
     where = ([f"open {done.link}"] if uri.startswith(("http://", "https://"))
              else [f"mlflow ui --backend-store-uri {uri}", f"then open {done.link}"])
-    fid = (f"FID {evaluation.metrics['fid']:.4g} on {len(evaluation.samples):,} samples "
+    fid = (f"FID {evaluation.metrics['fid']:.4g} on {evaluation.n:,} samples "
            f"(real images score {evaluation.reference['fid']:.4g})")
     return [f"main: done (run {done.run_id})",
             f"  champion: {name} version {champion}; alias 'champion' {moved}" if champion else

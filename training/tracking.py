@@ -18,6 +18,7 @@ from training import kfp_plugin, mlflow_env, notes
 from training.config import TrainConfig
 from training.data import Mnist, load_mnist
 from training.outbox import Outbox
+from training.redaction import error_text, redacted
 
 if TYPE_CHECKING:
     from training.loop import TrainResult
@@ -78,7 +79,7 @@ def start_run(name: str, parent_run_id: str | None = None, run_id: str | None = 
     `parent_run_id` when one is given, in the parent's experiment; a parent this process has not opened
     (a pipeline task's) is named, not re-opened. Under Kubeflow's MLflow plugin, the first run a task
     opens under the pipeline's parent is the run KFP opened for the task (training/kfp_plugin.py). The
-    run ends FAILED if the body raises, with the error as its `error` tag."""
+    run ends FAILED if the body raises, with the error (redacted) as its `error` tag."""
     active = mlflow.active_run()
     if parent_run_id and not (active and active.info.run_id == parent_run_id):
         task_run_id, parent_run_id = kfp_plugin.task_run(parent_run_id)
@@ -110,7 +111,7 @@ def _failing_with_error(started):
         try:
             yield run
         except Exception as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG])
+            mlflow.set_tag("error", error_text(err)[:MAX_TAG])
             raise
 
 
@@ -146,7 +147,8 @@ def run_params(config: TrainConfig) -> dict[str, str]:
 
 
 def param_text(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A param's value as recorded: a URL without the credentials or signature it may carry."""
+    return str(value).lower() if isinstance(value, bool) else redacted(str(value))
 
 
 def log_start(config: TrainConfig, mnist: Mnist, num_train_images: int, resumed: bool,

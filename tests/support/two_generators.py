@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import cli_env, run_cli
+from tests.support.process_state import tracking_to
 from training import registry
 from training.data import load_mnist
 
@@ -85,15 +86,15 @@ def open_lab(directory: Path, mnist_path: Path) -> Lab:
     trained = lab.cli("train", "--data", str(mnist_path), "--preset", "cpu", "--epochs", "1",
                       "--train-images", TRAIN_IMAGES, "--checkpoint-dir", "ckpt").stdout
     lab.trained_run = lab.run_id(trained, "train")
-    mlflow.set_tracking_uri(lab.uri)
-    collapsed = _generator_file(lab, "collapsed")
-    _collapsed_generator(mnist_path).save(collapsed)
-    lab.collapsed_run = _generator_run(collapsed, "collapsed")
-    (lab.directory / "exported").mkdir()
-    trained = exported_generator(lab, lab.directory / "exported")  # the generator the trained run scores
-    for kind, scale in (("worse", 0.2), ("slightly_worse", 0.05)):
-        _worse_copy(trained, scale, _generator_file(lab, kind))
-        setattr(lab, f"{kind}_run", _generator_run(_generator_file(lab, kind), kind))
+    with tracking_to(lab.uri):
+        collapsed = _generator_file(lab, "collapsed")
+        _collapsed_generator(mnist_path).save(collapsed)
+        lab.collapsed_run = _generator_run(collapsed, "collapsed")
+        (lab.directory / "exported").mkdir()
+        trained = exported_generator(lab, lab.directory / "exported")  # the generator the trained run scores
+        for kind, scale in (("worse", 0.2), ("slightly_worse", 0.05)):
+            _worse_copy(trained, scale, _generator_file(lab, kind))
+            setattr(lab, f"{kind}_run", _generator_run(_generator_file(lab, kind), kind))
     for kind in ("trained", "collapsed", "worse", "slightly_worse"):
         setattr(lab, f"{kind}_eval", lab.evaluate(getattr(lab, f"{kind}_run")))
     return lab
@@ -165,8 +166,7 @@ def post(url: str, payload) -> tuple[int, dict]:
 def copy_of_the_trained_generator(lab) -> str:
     """A run that logged the trained generator (the one its run exports, which the lab evaluated) as a
     model of its own (files not shared with others)."""
-    mlflow.set_tracking_uri(lab.uri)
-    with (tempfile.TemporaryDirectory() as tmp,
+    with (tracking_to(lab.uri), tempfile.TemporaryDirectory() as tmp,
           mlflow.start_run(experiment_id=mlflow.set_experiment("mnist-gan").experiment_id) as run):
         registry.log_generator(exported_generator(lab, Path(tmp)))
     return run.info.run_id

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from training import checks, mlflow_env
 from training.data import file_sha256, load_mnist
 from training.jobs.artifacts import copy_file, evaluator
+from training.redaction import redacted
 
 if TYPE_CHECKING:
     from training.evaluation import Evaluation
@@ -48,8 +49,9 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
     started = time.perf_counter()
     result = evaluation.evaluate(model, mnist, classifier, n=samples, seed=seed)
     evaluation_seconds = time.perf_counter() - started
+    shown = redacted(generator)  # as recorded: without the credentials or signature a URL may carry
     with tracking.start_run("evaluate", parent_run_id) as run:
-        mlflow.log_params({"generator_uri": generator, registry.CHECKSUM_KEY: generator_sha256,
+        mlflow.log_params({"generator_uri": shown, registry.CHECKSUM_KEY: generator_sha256,
                            "samples": samples, "seed": seed, "evaluator": classifier.key,
                            registry.EVALUATOR_KEY: classifier.fingerprint,
                            "evaluator_test_accuracy": classifier.test_accuracy, "data_sha256": mnist.sha256})
@@ -58,7 +60,7 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
         mlflow.log_metrics(result.metrics, model_id=model_id or None, dataset=test_split)
         mlflow.log_metrics({f"reference_{k}": v for k, v in result.reference.items()}
                            | {"evaluation_seconds": evaluation_seconds})
-        title = f"Evaluation of {generator} on {samples} samples"
+        title = f"Evaluation of {shown} on {samples} samples"
         if training_run_id:  # the training run shows its evaluation too
             mlflow.set_tag("training_run_id", training_run_id)
             client = mlflow.MlflowClient()
@@ -66,7 +68,7 @@ def evaluate(generator: str, data: str, samples: int, seed: int = 0, training_ru
             for name in HEADLINE:
                 client.log_metric(training_run_id, name, result.metrics[name])
             which = tracking.describe_generator(client.get_run(training_run_id).data.tags)
-            title = f"Evaluation of {generator} ({which}) on {samples} samples"
+            title = f"Evaluation of {shown} ({which}) on {samples} samples"
         with tempfile.TemporaryDirectory() as tmp:
             for path in report.write_report(result, mnist.x_train, Path(tmp), title):
                 mlflow.log_artifact(str(path), artifact_path="report")

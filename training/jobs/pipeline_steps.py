@@ -8,6 +8,7 @@ from pathlib import Path
 from training.data import load_mnist
 from training.jobs.artifacts import copy_file
 from training.promotion import PromotionRule
+from training.redaction import redacted
 
 
 def prepare_data(data: str, dataset_out: str) -> None:
@@ -27,7 +28,7 @@ def open_run(data: str, dataset: str, pipeline_run: str) -> str:
     from training import kfp_plugin, tracking
 
     mnist = load_mnist(dataset)
-    tags = {"kfp_run": pipeline_run, "data_source": data, "data_sha256": mnist.sha256}
+    tags = {"kfp_run": pipeline_run, "data_source": redacted(data), "data_sha256": mnist.sha256}
     plugin = kfp_plugin.active()
     if plugin:
         parent_run_id = plugin.parent_run_id

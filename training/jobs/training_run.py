@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training import checkpoint, checks, mlflow_env
+from training import checkpoint, checkpoint_lock, checks, mlflow_env
 from training.config import ConfigError, TrainConfig
 from training.data import Mnist, load_mnist, to_unit_range
 from training.jobs.artifacts import copy_file, evaluator
@@ -71,28 +72,33 @@ def train(config: TrainConfig, parent_run_id: str | None = None, checkpoint_root
     attached = os.environ.get("MLFLOW_RUN_ID") and not parent_run_id  # inside `mlflow run`
     resume_run_id = None if attached else manifest.get("run_id")
     name = trial_run_name(trial) if trial else "train"
-    with tracking.start_run(name, parent_run_id, run_id=resume_run_id) as run:
-        continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
-        if trial:
-            mlflow.set_tag(TRIAL_TAG, str(trial))
-        tracking.log_start(config, mnist, num_images, resumed=continuing, given=given)
-        run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
-        tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
-        try:
-            result = loop.train(config, train_images, tracker, run_id=run.info.run_id, checkpoint_dir=run_dir,
-                                judge=judge)
-        finally:
-            tracker.outbox.send()  # best effort on the way out; the journal keeps the rest for --resume
-        tracker.close()
-        with tempfile.TemporaryDirectory() as tmp:
-            generator_file = tracking.log_final(result, Path(tmp))
-            model_id = registry.log_generator(generator_file)
-            link = mlflow_env.run_link(run.info.run_id)
-            trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), link)
-            mlflow.log_metrics({f"final_{k}": v for k, v in trained.last_metrics().items()},
-                               model_id=model_id, dataset=tracking.training_dataset(mnist, num_images))
-            if generator_out:
-                copy_file(generator_file, Path(generator_out) / "generator.keras")
+    with contextlib.ExitStack() as alone:  # the checkpoint folder: trained by this process only
+        if resume_dir:  # locked before its run is reopened: a refused process changes nothing of it
+            alone.enter_context(checkpoint_lock.hold(resume_dir, manifest.get("run_id")))
+        with tracking.start_run(name, parent_run_id, run_id=resume_run_id) as run:
+            run_dir = resume_dir or Path(config.checkpoint_dir) / run.info.run_id
+            if not resume_dir:
+                alone.enter_context(checkpoint_lock.hold(run_dir, run.info.run_id))
+            continuing = manifest.get("run_id") == run.info.run_id  # else a new run, e.g. from `mlflow run`
+            if trial:
+                mlflow.set_tag(TRIAL_TAG, str(trial))
+            tracking.log_start(config, mnist, num_images, resumed=continuing, given=given)
+            tracker = tracking.MlflowTracker(run.info.run_id, run_dir)
+            try:
+                result = loop.train(config, train_images, tracker, run_id=run.info.run_id,
+                                    checkpoint_dir=run_dir, judge=judge)
+            finally:
+                tracker.outbox.send()  # best effort on the way out; the journal keeps the rest for --resume
+            tracker.close()
+            with tempfile.TemporaryDirectory() as tmp:
+                generator_file = tracking.log_final(result, Path(tmp))
+                model_id = registry.log_generator(generator_file)
+                link = mlflow_env.run_link(run.info.run_id)
+                trained = Trained(run.info.run_id, model_id, result, bool(resume_dir), link)
+                mlflow.log_metrics({f"final_{k}": v for k, v in trained.last_metrics().items()},
+                                   model_id=model_id, dataset=tracking.training_dataset(mnist, num_images))
+                if generator_out:
+                    copy_file(generator_file, Path(generator_out) / "generator.keras")
     return trained
 
 

@@ -16,6 +16,7 @@ from training.jobs.evaluation_run import evaluate
 from training.jobs.release import Promoted, register_and_promote
 from training.jobs.training_run import train
 from training.promotion import PromotionRule
+from training.redaction import error_text, redacted
 from training.sweep import TRIAL_TAG, Outcome, Ranking, Trial, failed, rank, swept_names
 from training.workers import Died, run_each
 
@@ -61,6 +62,8 @@ def sweep(trials: list[Trial], base: TrainConfig, job: JobConfig, workers: int =
         with tempfile.TemporaryDirectory() as logs:
             run_each(run_trial, [(t, base, job.samples, parent_id) for t in trials], workers, Path(logs),
                      on_done=finished)
+            for log in Path(logs).glob("*.log"):  # what the trials printed, quoting any URL redacted
+                log.write_text(redacted(log.read_text(errors="replace")))
             mlflow.log_artifacts(logs, "sweep/logs")
         ranking = rank_trials(parent_id, trials, list(outcomes.values()), PromotionRule.of(job))
         winner = ranking.winner
@@ -89,7 +92,7 @@ def run_trial(trial: Trial, base: TrainConfig, samples: int, parent_run_id: str,
     except checkpoint.Preempted:
         raise  # the pipeline retries the task, which resumes the trial
     except Exception as err:  # noqa: BLE001 (the trial is the boundary: its run ends FAILED with this error)
-        outcome = failed(trial, f"{type(err).__name__}: {err}")
+        outcome = failed(trial, error_text(err))
         _record_failure(parent_run_id, outcome)
         return outcome
     return Outcome(trial, "finished", trained.run_id, evaluated.run_id)

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import cli_env, run_cli
 from tests.support.chaos import PARTS, Outages
 from tests.support.container_stack import HOSTS, tracking_stack
+from tests.support.waiting import wait_for
 from training import mlflow_env, registry
 from training.promotion_lock import lock_name
 
@@ -60,18 +61,6 @@ def client_of(stack, monkeypatch) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(stack.host_uri)
 
 
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended ({process.returncode}) before {what}")
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {timeout} s")
-
-
 def steps(client, run_id: str, key: str = "d_loss") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
@@ -109,8 +98,8 @@ def test_a_job_outlives_a_killed_part_of_the_stack_and_loses_no_metric(chaos, pa
                                env=cli_env(tmp_path, **as_admin(stack)))
     try:
         run_id = wait_for(lambda: next((p.name for p in (tmp_path / "ckpt").glob("*") if p.is_dir()), None),
-                          600, "training run", job)
-        wait_for(lambda: len(steps(client, run_id)) >= 3, 600, "first metrics", job)
+                          600, "training run", job, every_s=0.5)
+        wait_for(lambda: len(steps(client, run_id)) >= 3, 600, "first metrics", job, every_s=0.5)
         with outages.down(part):
             time.sleep(5)
         assert job.wait(timeout=1500) == 0, log.read_text()[-4000:]
@@ -164,7 +153,7 @@ def test_a_promotion_through_a_killed_part_of_the_stack_moves_nothing_half_done(
     reader.start()
     try:
         wait_for(lambda: client.search_registered_models(f"name = '{lock_name(MODEL)}'") or promoter.poll()
-                 is not None, 300, "promotion lock")
+                 is not None, 300, "promotion lock", every_s=0.5)
         with outages.down(part):
             time.sleep(2)
         promoter.wait(timeout=900)

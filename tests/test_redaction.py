@@ -6,11 +6,9 @@ that a bad or unreachable one is refused before work starts, in one line, exit 2
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import uuid
@@ -24,6 +22,7 @@ from hypothesis import strategies as st
 
 from infra.local_stack import free_port
 from tests.conftest import ROOT, cli_env, run_cli
+from tests.support.file_server import serving
 from training.redaction import redacted
 
 # Query parameters that sign a URL (AWS SigV4 and SigV2, GCS, Azure SAS) or carry a token, as spelled.
@@ -128,26 +127,11 @@ def test_text_without_secrets_is_left_as_it_was(text, prefix, suffix):
 def serving_mnist(mnist_path):
     """A real HTTP server on 127.0.0.1 that serves the real MNIST at /mnist.npz (any query, any
     credentials) and answers 404 to anything else (its address)."""
-    body = mnist_path.read_bytes()
+    def refusal(request):
+        return None if urllib.parse.urlsplit(request.path).path == "/mnist.npz" else 404
 
-    class Mnist(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if urllib.parse.urlsplit(self.path).path != "/mnist.npz":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mnist)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(mnist_path.read_bytes(), refusal) as address:
+        yield address
 
 
 def _closed_port_address() -> str:
@@ -225,32 +209,17 @@ def test_a_data_urls_credentials_are_sent_as_basic_auth_and_never_shown(tmp_path
     """urllib alone would take user:password@ for part of the host name."""
     body, asked = mnist_path.read_bytes(), []
 
-    class BasicAuth(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append(self.headers.get("Authorization"))
-            if asked[-1] != "Basic " + base64.b64encode(b"al:ce:s3cret/Hq7").decode():
-                self.send_error(401)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def refusal(request):
+        asked.append(request.headers.get("Authorization"))
+        return None if asked[-1] == "Basic " + base64.b64encode(b"al:ce:s3cret/Hq7").decode() else 401
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BasicAuth)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://al%3Ace:s3cret%2FHq7@127.0.0.1:{server.server_address[1]}/mnist.npz"
+    with serving(body, refusal) as address:
+        url = f"http://al%3Ace:s3cret%2FHq7@{address}/mnist.npz"
         done = run_cli(["data", "download", "--data", url, "--to", str(tmp_path / "copy.npz")], tmp_path,
                        timeout=120, MNIST_GAN_CACHE=str(tmp_path / "cache"))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "copy.npz").read_bytes() == body and len(asked) == 1
-    assert f"data: http://127.0.0.1:{server.server_address[1]}/mnist.npz checked" in done.stdout
+    assert f"data: http://{address}/mnist.npz checked" in done.stdout
     assert "s3cret" not in done.stdout + done.stderr
 
 

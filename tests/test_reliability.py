@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -15,6 +14,7 @@ import pytest
 
 from infra.local_stack import free_port, mlflow_server, s3_server
 from tests.conftest import QUICK, cli_env, run_cli
+from tests.support.waiting import wait_for
 from training import checkpoint
 
 # 4,096 images in batches of 64: 64 steps per epoch, metrics every 2 steps
@@ -29,18 +29,6 @@ pytestmark = pytest.mark.slow
 def _train_args(mnist_path: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "training.cli", "train", "--data", str(mnist_path), *LONG,
             "--checkpoint-dir", str(checkpoint_dir), *extra]
-
-
-def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended ({process.returncode}) before {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _history(client, run_id: str, key: str = "d_loss") -> list[tuple[int, float]]:
@@ -74,7 +62,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run_to_the_same_weight
 
         victim = subprocess.Popen(_train_args(mnist_path, tmp_path / "killed"), cwd=tmp_path, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run_dir, manifest = _wait_for(lambda: _logged_past_checkpoint(client, tmp_path / "killed"), 300,
+        run_dir, manifest = wait_for(lambda: _logged_past_checkpoint(client, tmp_path / "killed"), 300,
                                       "a checkpoint and metrics logged past it", victim)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
@@ -117,7 +105,7 @@ def test_a_retried_kubeflow_training_task_resumes_its_own_checkpoint(tmp_path, m
                 str(tmp_path / "generator")]
         first = subprocess.Popen(task, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        run_dir, _ = _wait_for(lambda: _logged_past_checkpoint(client, tmp_path / "ckpt" / f"kfp-{parent}"),
+        run_dir, _ = wait_for(lambda: _logged_past_checkpoint(client, tmp_path / "ckpt" / f"kfp-{parent}"),
                                300, "a checkpoint of the first attempt", first)
         first.send_signal(signal.SIGKILL)  # the pod dies; KFP runs the same task again
         first.wait()
@@ -141,14 +129,14 @@ def test_training_survives_a_tracking_server_outage_and_loses_no_metric(tmp_path
             trainer = subprocess.Popen(_train_args(mnist_path, tmp_path / "ckpt"), cwd=tmp_path, stdout=out,
                                        stderr=subprocess.STDOUT,
                                        env=cli_env(tmp_path, MLFLOW_TRACKING_URI=uri))
-        run_dir = _wait_for(lambda: next((tmp_path / "ckpt").glob("*"), None), 300, "the training run",
+        run_dir = wait_for(lambda: next((tmp_path / "ckpt").glob("*"), None), 300, "the training run",
                             trainer)
         run_id = run_dir.name
-        _wait_for(lambda: len(_history(client, run_id)) >= 3, 300, "the first metrics", trainer)
+        wait_for(lambda: len(_history(client, run_id)) >= 3, 300, "the first metrics", trainer)
     # the server is down: training must go on
-    _wait_for(lambda: "MLflow unreachable" in log.read_text(), 120, "training to notice the outage", trainer)
+    wait_for(lambda: "MLflow unreachable" in log.read_text(), 120, "training to notice the outage", trainer)
     before = checkpoint.latest_manifest(run_dir)
-    _wait_for(lambda: checkpoint.latest_manifest(run_dir) != before or trainer.poll() is not None, 120,
+    wait_for(lambda: checkpoint.latest_manifest(run_dir) != before or trainer.poll() is not None, 120,
               "training to progress during the outage")
     assert trainer.poll() in (None, 0), log.read_text()[-3000:]
     with mlflow_server(server_dir, port=port) as uri:

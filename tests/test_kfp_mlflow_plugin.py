@@ -20,13 +20,15 @@ import pytest
 from infra.local_stack import mlflow_server
 from tests.conftest import cli_env, run_cli
 from tests.support.kfp_mlflow_plugin import Plugin, task_command
-from tests.test_reliability import STEPS, _history, _logged_past_checkpoint, _wait_for
+from tests.support.waiting import wait_for
+from tests.test_reliability import STEPS, _history, _logged_past_checkpoint
 from training.mlflow_env import EXPERIMENT
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kfp-mlflow-plugin")]
 
 WORKSPACE = "team-a"
-MODEL = "mnist-gan-generator"
+MODEL = "mnist-gan-generator"  # the main job's
+PIPELINE_MODEL = "pipeline-gan"  # the pipeline's here: its own champion, whichever test runs first
 TRAINING = {"preset": "cpu", "train_images": 256, "epochs": 1, "log_every": 2, "eval_samples": 500}
 RULE = {"min_fid_gain": 0.0, "max_classes_lost": 0, "min_classes_covered": 0, "confidence": 0.95}
 
@@ -80,10 +82,11 @@ def _run_pipeline(plugin: Plugin, tmp_path, mnist_path) -> dict[str, str]:
                            "summary": evaluated / "report.md"})
     assert task("evaluation-gate", {"evaluation_run_id": evaluation_run, **RULE}, {}) is True
     runs["version"] = task("register", {"parent_run_id": parent, "training_run_id": training_run,
-                                        "evaluation_run_id": evaluation_run, "model_name": MODEL}, {})
+                                        "evaluation_run_id": evaluation_run,
+                                        "model_name": PIPELINE_MODEL}, {})
     runs["condition-1"] = plugin.dag_run("condition-1")
-    task("promote", {"parent_run_id": parent, "model_name": MODEL, "version": runs["version"], "samples": 500,
-                     **RULE},
+    task("promote", {"parent_run_id": parent, "model_name": PIPELINE_MODEL, "version": runs["version"],
+                     "samples": 500, **RULE},
          {"dataset": dataset, "classifier": classifier, "generator": generator},
          parent_run_id=runs["condition-1"])
     unfinished = [run.info.run_name for run in plugin.client.search_runs([plugin.experiment_id])
@@ -95,11 +98,20 @@ def _run_pipeline(plugin: Plugin, tmp_path, mnist_path) -> dict[str, str]:
 
 def test_one_run_tree_kfps_with_our_records_in_its_task_runs(team, tmp_path, mnist_path):
     plugin = Plugin(team, experiment_name="gan-team-a", workspace=WORKSPACE)
-    runs = _run_pipeline(plugin, tmp_path, mnist_path)
     client = plugin.client
+
+    def everything() -> tuple[list, set[str]]:  # the workspace's runs and experiments
+        experiments = client.search_experiments()
+        return client.search_runs([e.experiment_id for e in experiments]), {e.name for e in experiments}
+
+    # the other tests here share the server and the workspace: this one reads only what it made
+    (earlier, experiments_before) = everything()
+    earlier = {run.info.run_id for run in earlier} - {plugin.parent_run_id}
+    runs = _run_pipeline(plugin, tmp_path, mnist_path)
     assert runs["parent"] == plugin.parent_run_id, "the pipeline's parent is KFP's"
 
-    every = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    every, experiments = everything()
+    every = [run for run in every if run.info.run_id not in earlier]
     names = {run.info.run_id: run.info.run_name for run in every}
     tree = sorted((run.info.run_name, names.get(run.data.tags.get("mlflow.parentRunId"), "-"))
                   for run in every)
@@ -108,7 +120,7 @@ def test_one_run_tree_kfps_with_our_records_in_its_task_runs(team, tmp_path, mni
              "train-classifier", "train-gan"]
     assert tree == sorted([(root, "-"), *((name, root) for name in tasks), ("promote", "condition-1")])
     assert {run.info.experiment_id for run in every} == {plugin.experiment_id}  # KFP's, not ours
-    assert client.get_experiment_by_name(EXPERIMENT) is None
+    assert EXPERIMENT not in experiments - experiments_before
 
     parent = client.get_run(plugin.parent_run_id)
     assert parent.data.tags["kfp_run"] == plugin.kfp_run_id and parent.data.tags["data_sha256"]
@@ -130,9 +142,9 @@ def test_one_run_tree_kfps_with_our_records_in_its_task_runs(team, tmp_path, mni
     assert len(client.get_metric_history(runs["evaluate"], "fid")) == 1
     assert evaluation.data.metrics["final/fid"] == evaluation.data.metrics["fid"]
     assert client.get_run(runs["register"]).data.tags["registered_version"] == runs["version"]
-    assert client.get_model_version(MODEL, runs["version"]).run_id == runs["train-gan"]
+    assert client.get_model_version(PIPELINE_MODEL, runs["version"]).run_id == runs["train-gan"]
     assert client.get_run(runs["promote"]).data.tags["promoted"] == "true"
-    assert client.get_model_version_by_alias(MODEL, "champion").version == runs["version"]
+    assert client.get_model_version_by_alias(PIPELINE_MODEL, "champion").version == runs["version"]
     launched = {runs[task] for task in tasks if task != "condition-1"} | {runs["promote"]}
     assert {run for run, _ in plugin.batches} == launched, "KFP's launcher logged into every task's run"
 
@@ -195,7 +207,7 @@ def test_a_retried_training_task_resumes_in_its_reopened_run(team, tmp_path, mni
     first = subprocess.Popen(task_command("train-gan", arguments, artifacts), cwd=tmp_path,
                              env={**env, **plugin.environment(task_run)}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    run_dir, _ = _wait_for(lambda: _logged_past_checkpoint(
+    run_dir, _ = wait_for(lambda: _logged_past_checkpoint(
         client, tmp_path / "ckpt" / "checkpoints" / f"kfp-{plugin.parent_run_id}"),
                            300, "a checkpoint of the first attempt", first)
     first.send_signal(signal.SIGKILL)

@@ -18,4 +18,4 @@ def test_sample_writes_uint8_digits_and_a_grid_and_never_overwrites(lab):
         assert npz["images"].shape == (300, 28, 28) and npz["images"].dtype == np.uint8
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     again = lab.cli("sample", "--model-uri", f"models:/{name}@champion", "--out", str(out), expect=2)
-    assert "exists" in again.stderr
+    assert "choose a new file (nothing is overwritten)" in again.stderr

@@ -50,7 +50,7 @@ WITH_IMAGES = . infra/containers/engine.sh && $(MAKE) --no-print-directory image
 test: install
 	$(WITH_IMAGES) $(PYTEST) -m "not chaos" $(PYTEST_ARGS)
 
-# The chaos tier (tests/test_chaos.py, 40 min measured on 2 busy cores; not in `make test`): the
+# The chaos tier (tests/test_chaos.py, 15 min on 2 cores; CI runs it after `make test`): the
 # tracking stack's server, PostgreSQL and SeaweedFS killed during a job and a promotion, and two
 # pipelines at once on one registry. One worker: the scenarios share one stack and take turns, jobs
 # first (their versions are the promotions' challengers).

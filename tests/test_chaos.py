@@ -5,7 +5,7 @@ the engine). Each run either completes, with every metric step once, the champio
 its files intact, or fails in one line with nothing half-done: no alias moved without its decision
 recorded, no promotion lock left behind.
 
-A tier of its own (`make chaos`, not in `make test`): about 40 minutes on 2 busy cores."""
+A tier of its own (`make chaos`, which CI runs after `make test`): about 15 minutes on 2 cores."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from tests.conftest import cli_env, run_cli
 from tests.support.chaos import PARTS, Outages
 from tests.support.container_stack import HOSTS, tracking_stack
 from tests.support.waiting import wait_for
+from tests.test_reliability import _history
 from training import mlflow_env, registry
 from training.promotion_lock import lock_name
 
@@ -62,7 +63,7 @@ def client_of(stack, monkeypatch) -> mlflow.MlflowClient:
 
 
 def steps(client, run_id: str, key: str = "d_loss") -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
+    return [step for step, _ in _history(client, run_id, key)]
 
 
 def assert_champion_decided_and_intact(client, tmp_path: Path) -> str:

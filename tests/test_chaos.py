@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from tests.conftest import cli_env, run_cli
@@ -23,7 +22,7 @@ from tests.support.chaos import PARTS, Outages
 from tests.support.container_stack import HOSTS, tracking_stack
 from tests.support.waiting import wait_for
 from tests.test_reliability import _history
-from training import mlflow_env, registry
+from training import registry
 from training.promotion_lock import lock_name
 
 pytestmark = [pytest.mark.chaos, pytest.mark.containers, pytest.mark.slow, pytest.mark.xdist_group("chaos")]
@@ -50,16 +49,6 @@ def chaos(tmp_path_factory):
 def as_admin(stack) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": stack.host_uri, "MLFLOW_TRACKING_USERNAME": stack.admin[0],
             "MLFLOW_TRACKING_PASSWORD": stack.admin[1]}
-
-
-def client_of(stack, monkeypatch) -> mlflow.MlflowClient:
-    """The admin's client, its files through the server as every mnist-gan command moves them (the
-    bucket's address is the server's, not this machine's)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
-    for name, value in mlflow_env.THROUGH_THE_SERVER.items():
-        monkeypatch.setenv(name, value)
-    return mlflow.MlflowClient(stack.host_uri)
 
 
 def steps(client, run_id: str, key: str = "d_loss") -> list[int]:
@@ -90,7 +79,7 @@ def test_a_job_outlives_a_killed_part_of_the_stack_and_loses_no_metric(chaos, pa
                                                                       monkeypatch, mnist_path):
     """`mnist-gan main` against the stack; `part` killed once its first metrics are in, back 30 s later."""
     stack, outages = chaos
-    client = client_of(stack, monkeypatch)
+    client = stack.signed_in(monkeypatch)
     log = tmp_path / "main.log"
     args = [sys.executable, "-m", "training.cli", "main", "--data", str(mnist_path), *TRAINING, *JOB,
             "--checkpoint-dir", str(tmp_path / "ckpt")]
@@ -124,7 +113,7 @@ def test_a_job_outlives_a_killed_part_of_the_stack_and_loses_no_metric(chaos, pa
 def two_versions(chaos, host_classifier, tmp_path, mnist_path, monkeypatch):
     """At least two registered versions of MODEL (the jobs above made them, or this makes them)."""
     stack, _ = chaos
-    client = client_of(stack, monkeypatch)
+    client = stack.signed_in(monkeypatch)
     while len(client.search_model_versions(f"name = '{MODEL}'")) < 2:
         made = run_cli(["main", "--data", str(mnist_path), *TRAINING, *JOB, "--checkpoint-dir",
                         str(tmp_path / "ckpt")], tmp_path, timeout=1500, **as_admin(stack))
@@ -180,7 +169,7 @@ def test_two_pipelines_at_once_on_one_registry_each_decide_in_turn(chaos, host_c
     """Two whole pipelines in containers, started together against one registry: both finish, each
     version is decided under the lock, and the champion is one the rule crowned."""
     stack, _ = chaos
-    client = client_of(stack, monkeypatch)
+    client = stack.signed_in(monkeypatch)
     name = "chaos-pipelines"
     params = {"preset": "cpu", "train_images": 2048, "batch_size": 64, "log_every": 4, "epochs": 1,
               "samples": 500, "min_classes_covered": 0, "model_name": name, "data": str(mnist_path)}

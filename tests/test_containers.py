@@ -178,16 +178,9 @@ def pipeline_run(stack, pipeline_user, host_classifier, tmp_path_factory, mnist_
     return user, work, result
 
 
-def signed_in(stack, monkeypatch, user: tuple[str, str]) -> mlflow.MlflowClient:
-    """A client of the tracking server as `user` (name, password), which MLflow reads from the env."""
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
-    return mlflow.MlflowClient(stack.host_uri)
-
-
 def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, host_classifier, monkeypatch, mnist_path):
     _, work, result = pipeline_run
-    client = signed_in(stack, monkeypatch, stack.admin)
+    client = stack.signed_in(monkeypatch)
     runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kfp_run")]
     children = {r.info.run_name: r for r in runs
@@ -235,13 +228,13 @@ def test_the_whole_pipeline_runs_in_containers(stack, pipeline_run, host_classif
 def test_a_read_only_user_cannot_move_the_champion_but_the_pipeline_can(stack, pipeline_run, monkeypatch):
     pipeline_user, _, _ = pipeline_run
     viewer = stack.create_user("viewer")
-    version = (signed_in(stack, monkeypatch, stack.admin)
+    version = (stack.signed_in(monkeypatch)
                .get_model_version_by_alias(MODEL_NAME, "champion").version)
-    client = signed_in(stack, monkeypatch, viewer)
+    client = stack.signed_in(monkeypatch, viewer)
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version  # may read
     with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
         client.set_registered_model_alias(MODEL_NAME, "champion", version)
-    signed_in(stack, monkeypatch, pipeline_user).set_registered_model_alias(MODEL_NAME, "champion",
+    stack.signed_in(monkeypatch, pipeline_user).set_registered_model_alias(MODEL_NAME, "champion",
                                                                            version)
 
 
@@ -268,7 +261,7 @@ def test_the_serving_image_serves_the_champion_as_kserve_does(stack, pipeline_ru
     from tests.support.serving_image import download, kserve_s3_env, serving
     from training import deploy, registry
 
-    client = signed_in(stack, monkeypatch, stack.admin)
+    client = stack.signed_in(monkeypatch)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     storage_uri = deploy.storage_uri(client.get_model_version_download_uri(MODEL_NAME, champion.version),
                                      f"s3://{BUCKET}/mlflow")
@@ -331,7 +324,7 @@ def test_a_killed_training_container_resumes_on_retry_in_the_same_run(stack, pip
     from pipelines import runner
     from pipelines.mnist_gan import CHECKPOINT_MOUNT
 
-    client = signed_in(stack, monkeypatch, pipeline_user)
+    client = stack.signed_in(monkeypatch, pipeline_user)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.service_uri)  # what the task containers get
     experiment = client.get_experiment_by_name("mnist-gan") or client.get_experiment(
         client.create_experiment("mnist-gan"))

@@ -93,6 +93,21 @@ class Stack:
         response.raise_for_status()
         return username, password
 
+    def signed_in(self, monkeypatch, user: tuple[str, str] | None = None):
+        """A client of the tracking server as `user` (name, password; the admin by default), which MLflow
+        reads from the env, its files through the server as every mnist-gan command moves them (the
+        bucket's address is the server's, not this machine's)."""
+        import mlflow
+
+        from training import mlflow_env
+
+        name, password = user or self.admin
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        for variable, value in mlflow_env.THROUGH_THE_SERVER.items():
+            monkeypatch.setenv(variable, value)
+        return mlflow.MlflowClient(self.host_uri)
+
     def dump(self) -> str:
         """Everything the server keeps in PostgreSQL (runs, registry, users), as SQL."""
         return engine("exec", self.postgres, "pg_dump", "-h", "/tmp", "-p", str(self.postgres_port), "-U",

@@ -140,3 +140,18 @@ def test_a_folder_without_checkpoints_has_no_latest_manifest_and_nothing_to_load
     assert checkpoint.latest_manifest(tmp_path) is None
     with pytest.raises(CheckpointError, match=f"no intact checkpoint in {tmp_path}$"):
         checkpoint.load_latest(tmp_path, _state(0))
+
+
+def test_saving_after_a_fallback_keeps_the_checkpoint_fallen_back_on_and_drops_the_damaged_one(written,
+                                                                                              tmp_path):
+    """A damaged newest checkpoint (one written at a preemption, say, off the save interval) must not
+    outlive the intact one resume fell back on: the next save keeps the two newest intact ones."""
+    directory = _copy(written, str(tmp_path))
+    damaged = _file(directory, STEPS[1], "npz")
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    checkpoint.save(directory, _state(6), {"global_step": 6})
+    assert sorted(p.name for p in directory.glob("ckpt-*")) == [
+        "ckpt-000000004.json", "ckpt-000000004.npz", "ckpt-000000006.json", "ckpt-000000006.npz"]
+    checkpoint.save(directory, _state(10), {"global_step": 10})
+    assert sorted(p.name for p in directory.glob("ckpt-*.json")) == ["ckpt-000000006.json",
+                                                                     "ckpt-000000010.json"]

@@ -209,9 +209,23 @@ def _atomic_write(target: Path, write) -> Path:
 
 
 def _prune(directory: Path) -> None:
-    for manifest in sorted(directory.glob("ckpt-*.json"))[:-KEEP]:
+    """Keep the KEEP newest intact checkpoints and delete the rest: a damaged one, which resume skips,
+    never takes the place of the one it would fall back on."""
+    kept = 0
+    for manifest in _newest_first(directory):
+        if kept < KEEP and _is_intact(manifest):
+            kept += 1
+            continue
         manifest.unlink()
         manifest.with_suffix(".npz").unlink(missing_ok=True)
+
+
+def _is_intact(manifest_path: Path) -> bool:
+    try:
+        _intact(manifest_path)
+    except Damaged:
+        return False
+    return True
 
 
 def latest_run_dir(root: Path) -> Path | None:

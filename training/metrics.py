@@ -25,6 +25,7 @@ Gaussian = tuple[np.ndarray, np.ndarray]  # mean (D,), covariance (D, D)
 # whatever N is (a float32 tile of distances is 1024 x 4096 x 4 bytes = 16 MB), so 1,000,000 samples fit
 # an evaluate task's memory as 10,000 do.
 ROW_BLOCK = 1024
+RESAMPLE_BLOCK = 16384  # drawn rows a bootstrap replicate gathers at a time: 8 MB of 128 float32 features
 COLUMN_BLOCK = 4096
 
 
@@ -188,35 +189,32 @@ def fid_gain_replicates(real: Gaussian, champion: np.ndarray, challenger: np.nda
     champion, challenger = _check_2d("champion", champion), _check_2d("challenger", challenger)
     if champion.shape != challenger.shape:
         raise ValueError(f"paired features must have one shape, got {champion.shape} and {challenger.shape}")
-    n = len(champion)
+    n, dims = champion.shape
     mu_r, cov_r = real
     eigenvalues, eigenvectors = np.linalg.eigh(cov_r)
     sqrt_cov_r = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
     trace_r = np.trace(cov_r)
 
-    def resampled_distance(features: tuple[np.ndarray, np.ndarray], drawn: np.ndarray,
+    def resampled_distance(features: np.ndarray, centre: np.ndarray, drawn: np.ndarray,
                            counts: np.ndarray) -> float:
-        """FID of features resampled as rows `drawn` taken `counts` times each, the features given as
-        (their mean, float32 rows centred on it): centred, float32 halves the cost of the one costly
-        product without losing precision; as the product of one matrix with itself it is half a
-        general product's, and of the drawn rows only (about 63 % of them), less again."""
-        centre, centred = features
-        rows = centred[drawn]
-        mean = counts @ rows / n
-        weighted = rows * np.sqrt(counts)[:, None]
-        scatter = (weighted.T @ weighted).astype(np.float64)
+        """FID of `features` resampled as rows `drawn` taken `counts` times each, RESAMPLE_BLOCK drawn rows
+        at a time (so at any N it holds a few MB beyond its inputs). The rows are centred on `centre`, in
+        float32: centred, float32 halves the cost of the one costly product without losing precision; as
+        the product of one matrix with itself it is half a general product's, and of the drawn rows only
+        (about 63 % of them), less again."""
+        total, scatter = np.zeros(dims), np.zeros((dims, dims))
+        for block in _blocks(len(drawn), RESAMPLE_BLOCK):
+            rows = (features[drawn[block]] - centre).astype(np.float32, copy=False)
+            total += counts[block] @ rows
+            weighted = rows * np.sqrt(counts[block])[:, None]
+            scatter += weighted.T @ weighted
+        mean = total / n
         cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
         # Tr((S_r S_f)^1/2) = sum of the square roots of the eigenvalues of S_r^1/2 S_f S_r^1/2
         root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_cov_r @ cov @ sqrt_cov_r), 0, None)).sum()
         return float(((mu_r - centre - mean) ** 2).sum() + trace_r + np.trace(cov) - 2 * root_trace)
 
-    def centred(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        centre, rows = features.mean(0, dtype=np.float64), np.empty(features.shape, np.float32)
-        for block in _blocks(n, ROW_BLOCK):
-            rows[block] = features[block] - centre
-        return centre, rows
-
-    paired = [centred(champion), centred(challenger)]
+    centres = [x.mean(0, dtype=np.float64).astype(x.dtype) for x in (champion, challenger)]
     rng = np.random.default_rng(seed)
     gains = np.empty(replicates)
     # A thousand small products: one BLAS thread does them as fast as two on idle cores, and several
@@ -226,8 +224,8 @@ def fid_gain_replicates(real: Gaussian, champion: np.ndarray, challenger: np.nda
             counts = np.bincount(rng.integers(0, n, n), minlength=n)
             drawn = np.flatnonzero(counts)
             times = counts[drawn].astype(np.float32)
-            gains[r] = (resampled_distance(paired[0], drawn, times)
-                        - resampled_distance(paired[1], drawn, times))
+            gains[r] = (resampled_distance(champion, centres[0], drawn, times)
+                        - resampled_distance(challenger, centres[1], drawn, times))
     return gains
 
 

@@ -155,3 +155,17 @@ def test_saving_after_a_fallback_keeps_the_checkpoint_fallen_back_on_and_drops_t
     checkpoint.save(directory, _state(10), {"global_step": 10})
     assert sorted(p.name for p in directory.glob("ckpt-*.json")) == ["ckpt-000000006.json",
                                                                      "ckpt-000000010.json"]
+
+
+def test_a_checkpoint_keeps_no_credential_of_the_data_url(tmp_path):
+    """Checkpoints live on volumes other people and pods read; `data` may change on resume, so the
+    manifest needs only its redacted form."""
+    from training.config import TrainConfig
+    from training.loop import _RunState
+
+    url = "https://al:s3cret-Hq7@example.org/mnist.npz?X-Amz-Signature=f00d"
+    config = TrainConfig(data=url, preset="tiny")
+    _RunState(config, tmp_path, 60_000, _state(1)).save(_state(1), 0, 1, None)
+    (manifest,) = tmp_path.glob("ckpt-*.json")
+    assert json.loads(manifest.read_text())["config"]["data"] == "https://example.org/mnist.npz?X-Amz-Signature=REDACTED"
+    assert "s3cret" not in manifest.read_text() and "f00d" not in manifest.read_text()

@@ -27,6 +27,7 @@ from training.config import TrainConfig
 from training.data import epoch_batches, steps_per_epoch
 from training.models import build_models
 from training.progress import Progress
+from training.redaction import redacted
 from training.sampling import latents, render
 from training.step import Gan, LatentSampler, Recipe
 
@@ -248,7 +249,8 @@ class _RunState:
     def save(self, state, epoch: int, step_in_epoch: int, run_id: str | None) -> None:
         checkpoint.save(self.directory, state, {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
-            "config": self.config.to_dict(), "num_images": self.num_images, "run_id": run_id,
+            "config": self.config.to_dict() | {"data": redacted(self.config.data)},  # may change on resume
+            "num_images": self.num_images, "run_id": run_id,
             "history": self.history, "grids": [p.name for p in self.grid_paths],
             "epoch_values": self.epoch_values, "curve": self.curve,
             "training_seconds": self.training_seconds(),

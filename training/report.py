@@ -125,8 +125,8 @@ def write_decision_report(name: str, decision: Decision, directory: Path) -> lis
     table = [("FID (lower is better)", f"{head.champion['fid']:.3f}", f"{head.challenger['fid']:.3f}"),
              ("classes covered", f"{head.champion['classes_covered']:g}",
               f"{head.challenger['classes_covered']:g}")]
-    resamples = len(head.gain.replicates)  # a p-value of 0 says only: below one resample in this many
-    p_value = f"p = {scores['p_value']:.3f}" if scores["p_value"] else f"p < {1 / resamples:.3f}"
+    resamples = len(head.gain.replicates)
+    p_value = f"p = {scores['p_value']:.3f}" if scores["p_value"] >= 0.001 else "p < 0.001"
     gain = (f"FID gain {scores['fid_gain']:.3f}; with {scores['confidence']:.0%} confidence at least "
             f"{scores['fid_gain_lower']:.3f} ({p_value} against min_fid_gain {decision.rule.min_fid_gain:g}, "
             f"{resamples} bootstrap resamples)")

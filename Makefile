@@ -66,10 +66,10 @@ lint: install
 	$(BIN)/ruff check training components pipelines infra tests benchmarks
 	$(BIN)/hadolint infra/docker/*Dockerfile infra/containers/*.Dockerfile
 
-# Every CPU benchmark (about 123 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
+# Every CPU benchmark (about 105 min on 2 cores); rewrites the CPU section of docs/BENCHMARKS.md.
 # BENCH_PARTS=throughput,data_parallel,quality,ema_decay,jobs,serving,promotion_noise picks some (serving
-# needs jobs' model and the serving image, `make images`; promotion_noise takes about 30 min alone on the
-# cores, 103 min measured while other work shared them).
+# needs jobs' model and the serving image, `make images`; promotion_noise takes about 13 min alone on the
+# cores, 43 min measured while other work shared them).
 BENCH_DATA ?= $(or $(MNIST_GAN_TEST_DATA),https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
 BENCH_PARTS ?= throughput,data_parallel,quality,ema_decay,jobs,serving,promotion_noise
 bench: install

@@ -15,12 +15,14 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(LOCKED)
+# pip installs the lock's uv, which installs the rest (several times faster than pip: CI's set-up).
+UV_PIP = $(BIN)/uv pip install -q --python $(BIN)/python
+$(STAMP): pyproject.toml $(LOCKED) requirements/uv.txt
 	@echo "make install: $(VENV) from $(LOCKED), every package checked against its hash"
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -qq --upgrade pip
-	@$(BIN)/python -m pip install -qq --require-hashes -r $(LOCKED)
-	@$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip install -qq --require-hashes -r requirements/uv.txt
+	@$(UV_PIP) --require-hashes -r $(LOCKED)
+	@$(UV_PIP) --no-deps --no-build-isolation -e .
 	@touch $@
 
 requirements/%.txt:

@@ -8,6 +8,7 @@ that each install uses (`make install`, the images) and the MLflow project's con
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "serving": ("--only-group=serving",),  # the serving image (MLServer)
     "storage-initializer": ("--only-group=storage-initializer",),  # KServe's, in the container tests
 }
+INSTALLER = REQUIREMENTS / "uv.txt"  # uv alone, hashed: `make install` installs it with pip, the rest with it
 CONDA = ("--extra=gpu", "--extra=jax-cuda")  # `mlflow run .` trains on a GPU (and runs on a CPU too)
 
 GENERATED = "# Generated from uv.lock by `make lock` (infra/lockfiles.py); edit pyproject.toml, not this."
@@ -51,6 +53,13 @@ def requirements(name: str) -> str:
     return f"{GENERATED}\n{usage}\n" + uv_export(EXPORTS[name])
 
 
+def installer() -> str:
+    """The lock's uv (from the dev extra), with its hashes and nothing else."""
+    block = re.search(r"^uv==.*?(?=^\S|\Z)", uv_export(EXPORTS["cpu-jax-dev"]), re.MULTILINE | re.DOTALL)
+    usage = "# pip install --require-hashes -r requirements/uv.txt  (uv.lock's uv; make install uses it)"
+    return f"{GENERATED}\n{usage}\n{block[0]}"
+
+
 def conda_yaml() -> str:
     pins = [line for line in uv_export(CONDA, hashes=False).splitlines()
             if line.strip() and not line.startswith("#")]
@@ -65,6 +74,7 @@ def conda_yaml() -> str:
 
 def expected() -> dict[Path, str]:
     files = {REQUIREMENTS / f"{name}.txt": requirements(name) for name in EXPORTS}
+    files[INSTALLER] = installer()
     files[CONDA_YAML] = conda_yaml()
     return files
 

@@ -100,7 +100,8 @@ def test_this_environment_is_the_locked_one():
 
 def test_every_install_uses_a_hashed_export():
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -qq --require-hashes -r $(LOCKED)" in makefile
+    assert "pip install -qq --require-hashes -r requirements/uv.txt" in makefile  # then uv, the rest
+    assert "$(UV_PIP) --require-hashes -r $(LOCKED)" in makefile
     default = re.search(r"^EXTRAS \?= (\S+)", makefile, re.MULTILINE).group(1)
     assert default.replace(",", "-") in lockfiles.EXPORTS
     for name in re.findall(r"--build-arg REQUIREMENTS=(\S+)", makefile):

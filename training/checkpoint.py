@@ -63,8 +63,8 @@ def save(directory: Path, state, meta: dict[str, Any]) -> Path:
         MANIFEST_DIGEST: np.array(_content_digest(manifest))}
     arrays = _atomic_write(stem.with_suffix(".npz"), lambda f: np.savez(f, **entries))
     manifest["sha256"] = file_sha256(arrays)
-    _atomic_write(stem.with_suffix(".json"), lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-    _prune(directory)
+    text = json.dumps(manifest, indent=1).encode()
+    _prune(directory, _atomic_write(stem.with_suffix(".json"), lambda f: f.write(text)))
     return arrays
 
 
@@ -208,12 +208,12 @@ def _atomic_write(target: Path, write) -> Path:
     return target
 
 
-def _prune(directory: Path) -> None:
+def _prune(directory: Path, written: Path) -> None:
     """Keep the KEEP newest intact checkpoints and delete the rest: a damaged one, which resume skips,
-    never takes the place of the one it would fall back on."""
+    never takes the place of the one it would fall back on. `written`, just saved, is not read again."""
     kept = 0
     for manifest in _newest_first(directory):
-        if kept < KEEP and _is_intact(manifest):
+        if kept < KEEP and (manifest == written or _is_intact(manifest)):
             kept += 1
             continue
         manifest.unlink()

@@ -96,7 +96,10 @@ def waits_then_times_out(client: CountingClient, name: str,
     assert timeout_s <= waited < timeout_s + 5 + 4 * call_s
     # between two tries it slept 0.2-0.5 s outside the registry's calls (a spinning waiter does not)
     assert tries >= 2 and waited - client.busy_s >= 0.2 * (tries - 1), (client.calls, waited, client.busy_s)
-    assert client.calls["update"] == 1, "touched once: at most every TOUCH_EVERY_S, not every try"
+    # touched at its first try, then at most once every TOUCH_EVERY_S, not at every try (a registry slow
+    # enough under load stretches the deadline past TOUCH_EVERY_S, and a second touch is then due)
+    touches_due = 1 + int(waited // module.TOUCH_EVERY_S)
+    assert 1 <= client.calls["update"] <= touches_due, (client.calls, waited)
     return raised.value, timeout_s
 
 

@@ -44,9 +44,11 @@ run: install
 # on TEST_WORKERS processes (tests that share a fixture run in one: --dist loadgroup). One more worker than
 # the 2 cores CI has: each worker spends much of its time waiting on a server, a container or a process's
 # start-up. In a new random order each run (pytest-randomly; it prints the seed, which
-# PYTEST_ARGS=--randomly-seed=N repeats; PYTEST_ARGS="-p no:randomly" keeps the files' order).
+# PYTEST_ARGS=--randomly-seed=N repeats; PYTEST_ARGS="-p no:randomly" keeps the files' order). It ends
+# with the 15 slowest tests: where the suite's time goes.
 TEST_WORKERS ?= 3
-PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -p randomly
+PYTEST = PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -p randomly \
+	--durations=15
 WITH_IMAGES = . infra/containers/engine.sh && $(MAKE) --no-print-directory images && \
 	MNIST_GAN_IMAGE=$(IMAGE) MNIST_GAN_SERVER_IMAGE=$(SERVER_IMAGE) \
 	MNIST_GAN_SERVING_IMAGE=$(SERVING_IMAGE) MNIST_GAN_TEST_POSTGRES_IMAGE=$(TEST_POSTGRES_IMAGE)

@@ -192,7 +192,7 @@ def test_promote_to_an_unreachable_registry_fails_in_one_line_within_seconds_wit
     assert done.stderr.strip() == (f"mnist-gan promote: error: MLflow registry server http://{address} is "
                                    "unreachable ([Errno 111] Connection refused); start it or correct "
                                    "to_registry_uri")
-    assert "s3cret-Hq7" not in done.stdout + done.stderr and took < 10, took
+    assert "s3cret-Hq7" not in done.stdout + done.stderr and took < 30, took  # retrying took minutes
 
 
 def test_a_tracking_server_whose_uri_carries_credentials_is_found_where_it_answers(tmp_path, mnist_path,

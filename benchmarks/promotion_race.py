@@ -50,14 +50,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--data", required=True, help="mnist.npz: the generators' and the judge's digits")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="promotion-race-"))
+    work, data = Path(tempfile.mkdtemp(prefix="promotion-race-")), str(Path(args.data).resolve())
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    os.chdir(work)  # where an sqlite store's artifacts go (./mlruns), and the promotions' scratch
     import mlflow
 
     from training import registry
     from training.data import load_mnist
 
-    mnist = load_mnist(args.data)
+    mnist = load_mnist(data)
     model_ids, experiment = [], mlflow.set_experiment("promotion-race").experiment_id
     for components in COMPONENTS:
         generator = work / f"generator-{components}.keras"
@@ -70,7 +71,7 @@ def main() -> None:
         name = f"race-{round_:03d}-{int(time.time())}"
         for model_id in model_ids:
             registry.register(model_id, name, {}, scores)
-        promote = [sys.executable, "-m", "training.cli", "promote", "--model-name", name, "--data", args.data,
+        promote = [sys.executable, "-m", "training.cli", "promote", "--model-name", name, "--data", data,
                    "--samples", SAMPLES, "--min-classes-covered", "0"]
         subprocess.run([*promote, "--version", "1"], check=True, capture_output=True)
         racers = [subprocess.Popen([*promote, "--version", v], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
